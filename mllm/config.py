@@ -49,6 +49,8 @@ class ConnectorConfig:
 
 @dataclass
 class LLMConfig:
+    # registry key of the loader (mllm.llm.LLM_LOADERS)
+    kind: str = "hf_causal_lm"
     # hub id or local directory; None = random init from `config` (must hold "model_type")
     name_or_path: Optional[str] = None
     config: Dict[str, Any] = field(default_factory=dict)
