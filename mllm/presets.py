@@ -1,6 +1,6 @@
 """Named model presets (``get_preset(name)``), each a plain ``ModelConfig``.
 
-    tiny                CLIP-style tower (64px tiles, patch 8) + 4-layer Llama (~3M params), AnyRes, tiny BPE;
+    tiny                CLIP-style tower (64px tiles, patch 8) + 6-layer Llama (~2.7M params), AnyRes, tiny BPE;
                         random init: trains on a laptop CPU in minutes.
     llava-1.5-7b        CLIP ViT-L/14-336 + Vicuna-7B v1.5, MLP connector, fixed 336px.
     llava-next-7b       the same + AnyRes (LLaVA-NeXT grid pinpoints).
@@ -47,8 +47,8 @@ OPT_2_7B = dict(model_type="opt", hidden_size=2560, ffn_dim=10240, num_hidden_la
 # tiny: the tokenizer's specials are <s>=0, </s>=1, <unk>=2, <pad>=3, <image>=1024
 TINY_TOWER = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
                   image_size=64, patch_size=8, hidden_act="quick_gelu")
-TINY_LLM = dict(model_type="llama", hidden_size=128, intermediate_size=352, num_hidden_layers=4,
-                num_attention_heads=4, num_key_value_heads=2, vocab_size=1025, max_position_embeddings=2048,
+TINY_LLM = dict(model_type="llama", hidden_size=192, intermediate_size=512, num_hidden_layers=6,
+                num_attention_heads=6, num_key_value_heads=2, vocab_size=1025, max_position_embeddings=2048,
                 rms_norm_eps=1e-5, bos_token_id=0, eos_token_id=1, pad_token_id=3, tie_word_embeddings=True)
 TINY_PINPOINTS = [[64, 128], [128, 64], [128, 128], [64, 192], [192, 64]]
 

@@ -25,7 +25,7 @@ def test_overrides_and_yaml(tmp_path):
     y = tmp_path / "o.yaml"
     y.write_text("llm:\n  config:\n    hidden_size: 96\nchat_template: chatml\n")
     cfg2 = merge_yaml(get_preset("tiny"), str(y))
-    assert cfg2.llm.config["hidden_size"] == 96 and cfg2.llm.config["num_hidden_layers"] == 4
+    assert cfg2.llm.config["hidden_size"] == 96 and cfg2.llm.config["num_hidden_layers"] == 6
     assert cfg2.chat_template == "chatml"
 
 

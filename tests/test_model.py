@@ -144,7 +144,7 @@ def test_qformer_with_anyres_counts_queries_per_tile():
     m = MultimodalLM.build(tiny_config(anyres=True, connector="qformer"))
     hw = (32, 64)
     assert m.num_image_tokens(hw) == m.geometry.num_tiles(hw) * 4
-    batch = make_batch(m, [("<image>", [hw])])
+    batch = make_batch(m, [("<image> hi there", [hw])])
     assert torch.isfinite(m(**batch, labels=batch["input_ids"]).loss)
 
 
