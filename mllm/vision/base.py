@@ -1,7 +1,7 @@
 """The one interface every vision tower implements (HF CLIP, HF SigLIP, open_clip, ...)."""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import List, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -46,3 +46,47 @@ class VisionTower(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def arch_config(self) -> dict:  # pragma: no cover - interface
+        """``VisionConfig.config`` that rebuilds this architecture offline (``name_or_path=None``), with the
+        same state dict keys, so a saved mllm checkpoint loads strictly without a hub."""
+        raise NotImplementedError
+
+    def gradient_checkpointing_enable(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+# ---- helpers shared by every tower ---------------------------------------------------------------
+SELECT_STRATEGIES = ("default", "full")
+
+
+def resolve_feature_layers(feature_layer: Union[int, Sequence[int]], num_layers: int) -> List[int]:
+    """Map ``vision.feature_layer`` to non-negative hidden-state indices (HF convention).
+
+    There are ``num_layers + 1`` hidden states: 0 = the tokens entering the first block, k = the output of
+    block k, -1 = the last block's output (before any final norm). A list keeps its order (that is the
+    channel order of the concatenation).
+    """
+    layers = [feature_layer] if isinstance(feature_layer, int) and not isinstance(feature_layer, bool) \
+        else feature_layer
+    if not isinstance(layers, (list, tuple)) or not layers:
+        raise ValueError(f"vision.feature_layer must be an int or a non-empty list of ints, got {feature_layer!r}")
+    n = num_layers + 1
+    out = []
+    for k in layers:
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise ValueError(f"vision.feature_layer: {k!r} is not an int (got {feature_layer!r})")
+        if not -n <= k < n:
+            raise ValueError(f"vision.feature_layer {k} is out of range for a tower with {num_layers} layers "
+                             f"(hidden states {-n}..{n - 1}; 0 = embeddings, -1 = last layer)")
+        out.append(k % n)
+    return out
+
+
+def check_select_strategy(select_strategy: str, has_cls: bool, tower: str) -> None:
+    """Reject unknown strategies, and "default" on a tower without CLS (it would drop a real patch)."""
+    if select_strategy not in SELECT_STRATEGIES:
+        raise ValueError(f"vision.select_strategy {select_strategy!r} is not one of {', '.join(SELECT_STRATEGIES)}")
+    if select_strategy == "default" and not has_cls:
+        raise ValueError(f"vision.select_strategy 'default' drops the CLS token, but {tower} has no CLS token: "
+                         f"it would silently drop a real image patch. Use select_strategy 'full'.")
