@@ -52,6 +52,10 @@ class MultimodalLM(nn.Module):
             self.image_newline = nn.Parameter(torch.randn(d) / math.sqrt(d))
         else:
             self.image_newline = None
+        # Under ZeRO-3 every rank must run the same modules each step (parameters are gathered by
+        # collective calls in forward): a rank whose batch has no image then runs one zero tile whose
+        # features are added with weight 0. The trainer turns this on.
+        self.always_run_vision = False
 
     # ---- construction ------------------------------------------------------------------------------
     @classmethod
@@ -115,6 +119,8 @@ class MultimodalLM(nn.Module):
             if any(found):
                 rows = [i for i, n in enumerate(found) if n]
                 raise ValueError(f"sample(s) {rows} hold <image> tokens ({[found[i] for i in rows]}) but no images were given")
+            if self.always_run_vision and torch.is_grad_enabled():
+                embeds = embeds + 0.0 * self._dummy_vision_features().to(embeds.dtype)
             return embeds
         if image_sizes is None:
             raise ValueError("image_sizes is required with pixel_values")
@@ -122,6 +128,15 @@ class MultimodalLM(nn.Module):
         self._check_counts(found, [f.shape[0] for f in features])
         flat = torch.cat(features).to(embeds.dtype)  # (sum n_i, D)
         return embeds.masked_scatter(is_image.unsqueeze(-1), flat)
+
+    def _dummy_vision_features(self) -> torch.Tensor:
+        """A scalar that depends on every vision/connector parameter (for lock-step ranks)."""
+        s = self.vision_tower.image_size
+        tile = torch.zeros(1, 3, s, s, device=self.device, dtype=self.vision_tower.dtype)
+        out = self.connector(self.vision_tower(tile).to(self._connector_dtype())).sum()
+        if self.image_newline is not None:
+            out = out + self.image_newline.sum()
+        return out
 
     @staticmethod
     def _check_counts(found: List[int], per_image: List[int]) -> None:

@@ -167,3 +167,16 @@ def test_siglip_tower_model_forward():
     assert not m.geometry.has_cls and m.geometry.select_strategy == "full"
     batch = make_batch(m, [("<image> what", [(50, 20)])])
     assert torch.isfinite(m(**batch, labels=batch["input_ids"]).loss)
+
+
+def test_always_run_vision_touches_every_vision_parameter_without_changing_outputs():
+    m = MultimodalLM.build(tiny_config(anyres=True))
+    batch = make_batch(m, [("text only sample", [])])
+    ref = m(**batch, labels=batch["input_ids"])
+    m.always_run_vision = True
+    out = m(**batch, labels=batch["input_ids"])
+    torch.testing.assert_close(out.logits, ref.logits)
+    out.loss.backward()
+    for name, p in list(m.vision_tower.named_parameters()) + list(m.connector.named_parameters()):
+        assert p.grad is not None, name  # the parameter took part in forward and backward
+    assert m.image_newline.grad is not None

@@ -1,0 +1,188 @@
+"""Encoder pretraining for presets without a pretrained tower (``tiny``): CLIP-style contrastive training.
+
+The tower's selected features (the ones the connector will see) are mean-pooled and projected; a small
+text transformer encodes the captions; open_clip's ``ClipLoss`` pulls matching pairs together. The
+output is a full checkpoint of the preset with the trained tower (connector and LLM still random), ready
+to be the ``init_from`` of the align stage.
+
+    python -m train_stages.encoder_pretrain --data shapes/captions_train.json --out runs/encoder --epochs 8
+    mllm train --stage encoder --config encoder.yaml
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+log = logging.getLogger("mllm.train")
+
+
+@dataclass
+class EncoderPretrainConfig:
+    data: str  # LLaVA JSON of captions (image + one gpt turn)
+    output_dir: str
+    model: str = "tiny"
+    model_overrides: List[str] = field(default_factory=list)
+    image_root: Optional[str] = None
+    epochs: int = 8
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.05
+    text_layers: int = 2
+    embed_dim: int = 64
+    max_text_len: int = 48
+    seed: int = 0
+    num_threads: Optional[int] = None
+
+
+class TextEncoder(nn.Module):
+    """A small pre-norm transformer over caption tokens; the embedding is the masked mean."""
+
+    def __init__(self, vocab: int, width: int, layers: int, heads: int, max_len: int, out_dim: int):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, width)
+        self.pos = nn.Parameter(torch.zeros(max_len, width))
+        nn.init.normal_(self.pos, std=0.01)
+        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.proj = nn.Linear(width, out_dim, bias=False)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.tok(ids) + self.pos[: ids.shape[1]]  # (B, L, W)
+        x = self.encoder(x, src_key_padding_mask=~mask.bool())
+        x = self.norm(x)
+        m = mask.unsqueeze(-1).to(x.dtype)
+        return self.proj((x * m).sum(1) / m.sum(1).clamp(min=1))  # (B, out_dim)
+
+
+class ImageHead(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim)
+        self.proj = nn.Linear(in_dim, out_dim, bias=False)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.norm(feats.mean(1)))  # (N, T, C) -> (N, out_dim)
+
+
+def _load_pairs(path: str, image_root: Optional[str]):
+    with open(path) as f:
+        records = json.load(f)
+    root = image_root or os.path.dirname(os.path.abspath(path))
+    pairs = []
+    for i, rec in enumerate(records):
+        img = rec.get("image")
+        turns = [t for t in rec.get("conversations", []) if t.get("from") == "gpt"]
+        if not isinstance(img, str) or not turns:
+            raise ValueError(f"{path}: record {i} (id {rec.get('id')!r}): a caption record needs one 'image' "
+                             f"path and a 'gpt' turn")
+        pairs.append((os.path.join(root, img), turns[0]["value"]))
+    return pairs
+
+
+def pretrain_encoder(cfg: EncoderPretrainConfig, progress: bool = True) -> dict:
+    from open_clip.loss import ClipLoss
+
+    from data_pipelines.image_processor import AnyResImageProcessor
+    from data_pipelines.images import load_image
+    from mllm.config import apply_overrides
+    from mllm.model import MultimodalLM
+    from mllm.presets import get_preset
+
+    torch.manual_seed(cfg.seed)
+    mcfg = apply_overrides(get_preset(cfg.model), cfg.model_overrides)
+    model = MultimodalLM.build(mcfg)
+    tower, tok = model.vision_tower, model.tokenizer
+    # the base tile of the AnyRes processor = the whole image at tile size, as the tower will see it
+    base = AnyResImageProcessor(tower.image_size, [], mcfg.image.mean, mcfg.image.std)
+    pairs = _load_pairs(cfg.data, cfg.image_root)
+    t0 = time.time()
+    pixels = torch.stack([base.process(load_image(p))[0][0] for p, _ in pairs])  # (N, 3, S, S)
+    enc = [tok.encode(c, add_special_tokens=False)[: cfg.max_text_len - 1] + [tok.eos_token_id] for _, c in pairs]
+    ids = torch.full((len(enc), cfg.max_text_len), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, e in enumerate(enc):
+        ids[i, : len(e)] = torch.tensor(e)
+        mask[i, : len(e)] = 1
+    text = TextEncoder(len(tok), tower.hidden_size, cfg.text_layers, 4, cfg.max_text_len, cfg.embed_dim)
+    head = ImageHead(tower.hidden_size, cfg.embed_dim)
+    logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+    params = list(tower.parameters()) + list(text.parameters()) + list(head.parameters()) + [logit_scale]
+    for p in tower.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, len(pairs) // cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.learning_rate, total_steps=total, pct_start=0.1)
+    loss_fn = ClipLoss()
+    g = torch.Generator().manual_seed(cfg.seed)
+    history = []
+    bar = tqdm(total=total, desc="encoder pretrain", disable=not progress)
+    tower.train()
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(len(pairs), generator=g)
+        running = 0.0
+        for s in range(steps_per_epoch):
+            idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+            img = nn.functional.normalize(head(tower(pixels[idx])), dim=-1)
+            txt = nn.functional.normalize(text(ids[idx], mask[idx]), dim=-1)
+            loss = loss_fn(img, txt, logit_scale.exp().clamp(max=100))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            running += loss.item()
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
+        history.append(running / steps_per_epoch)
+    bar.close()
+    # retrieval accuracy on the training pairs (a sanity figure, image -> caption top-1 in batches of 64)
+    tower.eval()
+    with torch.no_grad():
+        hits = n = 0
+        for s in range(0, len(pairs) - 63, 64):
+            img = nn.functional.normalize(head(tower(pixels[s:s + 64])), dim=-1)
+            txt = nn.functional.normalize(text(ids[s:s + 64], mask[s:s + 64]), dim=-1)
+            hits += int((img @ txt.T).argmax(1).eq(torch.arange(64)).sum())
+            n += 64
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    model.save_pretrained(cfg.output_dir)
+    summary = {"stage": "encoder", "epochs": cfg.epochs, "steps": total, "loss_first_epoch": history[0],
+               "loss_last_epoch": history[-1], "retrieval_top1_in_64": hits / max(n, 1),
+               "seconds": round(time.time() - t0, 1), "pairs": len(pairs)}
+    with open(os.path.join(cfg.output_dir, "encoder_pretrain.json"), "w") as f:
+        json.dump({"config": cfg.__dict__, "summary": summary, "loss_per_epoch": history}, f, indent=2)
+    log.info("encoder pretraining: %s", summary)
+    return summary
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--image-root")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    print(json.dumps(pretrain_encoder(EncoderPretrainConfig(
+        data=a.data, output_dir=a.out, model=a.model, image_root=a.image_root, epochs=a.epochs,
+        batch_size=a.batch_size, learning_rate=a.lr, seed=a.seed)), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

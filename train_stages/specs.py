@@ -1,0 +1,196 @@
+"""Stages are data: what each module does (frozen | full | lora | qlora), its learning rate, the ZeRO
+config, the chat template. One runner (``train_stages.runner``) executes any of them.
+
+    align      connector only, on captions (`plain`), ZeRO-2            (LLaVA stage 1)
+    multitask  connector + LLM (full or LoRA), tower optionally, ZeRO-3 (VQA/caption mixture)
+    instruct   connector + LLM (full, LoRA or QLoRA), ZeRO-3           (LLaVA stage 2)
+
+A run is described by a ``TrainConfig`` (YAML); its ``modules`` entries override the stage's defaults,
+e.g. ``modules: {llm: {mode: lora}, vision: {mode: full, lr: 2.0e-6}}``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from mllm.registry import Registry
+
+MODES = ("frozen", "full", "lora", "qlora")
+MODULES = ("vision", "connector", "llm", "gen_head")
+
+
+@dataclass
+class ModuleSpec:
+    mode: str = "frozen"
+    lr: Optional[float] = None  # None: the run's learning_rate
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"module mode {self.mode!r} is not one of {', '.join(MODES)}")
+
+
+@dataclass
+class StageSpec:
+    name: str
+    modules: Dict[str, ModuleSpec]
+    template: Optional[str]  # None: the model's own chat template
+    zero: str  # "zero2" | "zero3" | "zero3_offload" | "none" | a path to a DeepSpeed JSON
+    learning_rate: float
+    description: str = ""
+
+    def module(self, name: str) -> ModuleSpec:
+        return self.modules.get(name, ModuleSpec())
+
+
+STAGES: Registry = Registry("stage")
+
+
+def _spec(**modes) -> Dict[str, ModuleSpec]:
+    return {k: ModuleSpec(mode=v) for k, v in modes.items()}
+
+
+STAGES.add("align", StageSpec(
+    name="align", modules=_spec(vision="frozen", connector="full", llm="frozen", gen_head="frozen"),
+    template="plain", zero="zero2", learning_rate=1e-3,
+    description="pretraining alignment: only the connector learns, on image captions"))
+STAGES.add("multitask", StageSpec(
+    name="multitask", modules=_spec(vision="frozen", connector="full", llm="full", gen_head="frozen"),
+    template=None, zero="zero3", learning_rate=2e-5,
+    description="multitask: connector + LLM on a VQA/caption mixture; tower optionally unfrozen"))
+STAGES.add("instruct", StageSpec(
+    name="instruct", modules=_spec(vision="frozen", connector="full", llm="full", gen_head="frozen"),
+    template=None, zero="zero3", learning_rate=2e-5,
+    description="instruction tuning: multi-turn conversations; LLM full, LoRA or QLoRA"))
+
+
+@dataclass
+class DataSource:
+    path: str
+    format: str = "llava"  # see data_pipelines formats
+    image_root: Optional[str] = None
+    weight: float = 1.0
+    max_samples: Optional[int] = None
+
+
+@dataclass
+class LoraSpec:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: Any = "all-linear"
+
+
+@dataclass
+class TrainConfig:
+    stage: str
+    output_dir: str
+    # explicit input model: a previous stage's output directory (never guessed from names) ...
+    init_from: Optional[str] = None
+    # ... or, for the first stage only, a preset name (with overrides) when there is no previous stage
+    model: Optional[str] = None
+    model_overrides: List[str] = field(default_factory=list)
+    data: List[DataSource] = field(default_factory=list)
+    template: Optional[str] = None  # default: the stage's
+    modules: Dict[str, ModuleSpec] = field(default_factory=dict)
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    merge_lora: bool = True
+    deepspeed: Optional[str] = None  # default: the stage's; "none" disables
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    learning_rate: Optional[float] = None  # default: the stage's
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    warmup_ratio: float = 0.03
+    lr_scheduler_type: str = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    save_steps: int = 500
+    save_total_limit: int = 2
+    logging_steps: int = 10
+    seed: int = 42
+    report_to: List[str] = field(default_factory=list)  # e.g. ["tensorboard"]
+    max_length: Optional[int] = None  # default: the model's
+    dataloader_num_workers: int = 0
+    group_by_modality_length: bool = True
+    packing: bool = False
+    strict_data: bool = False
+    resume: Optional[str] = None  # None | "auto" | a checkpoint directory
+    always_run_vision: Optional[bool] = None  # default: on under ZeRO-3 (keeps ranks in lock-step)
+
+    # ---- resolution ---------------------------------------------------------------------------------
+    @property
+    def spec(self) -> StageSpec:
+        return STAGES.get(self.stage)
+
+    def module(self, name: str) -> ModuleSpec:
+        return self.modules.get(name) or self.spec.module(name)
+
+    def resolved_template(self, model_template: str) -> str:
+        return self.template or self.spec.template or model_template
+
+    def resolved_lr(self) -> float:
+        return self.learning_rate if self.learning_rate is not None else self.spec.learning_rate
+
+    def resolved_zero(self) -> str:
+        return self.deepspeed or self.spec.zero
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any], source: str = "<config>") -> "TrainConfig":
+        data = dict(data)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{source}: unknown training config field(s) {unknown}; known: {sorted(names)}")
+        for req in ("stage", "output_dir"):
+            if not data.get(req):
+                raise ValueError(f"{source}: '{req}' is required")
+        try:
+            data["data"] = [DataSource(**d) if isinstance(d, dict) else DataSource(path=str(d))
+                            for d in data.get("data") or []]
+            data["modules"] = {k: ModuleSpec(**v) if isinstance(v, dict) else ModuleSpec(mode=str(v))
+                               for k, v in (data.get("modules") or {}).items()}
+            for k in data["modules"]:
+                if k not in MODULES:
+                    raise ValueError(f"unknown module {k!r} in 'modules'; known: {', '.join(MODULES)}")
+            if isinstance(data.get("lora"), dict):
+                data["lora"] = LoraSpec(**data["lora"])
+            cfg = cls(**data)
+        except TypeError as e:
+            raise ValueError(f"{source}: {e}") from None
+        STAGES.get(cfg.stage)  # unknown stage -> ValueError listing the known ones
+        if cfg.init_from is None and cfg.model is None:
+            raise ValueError(f"{source}: set 'init_from' (the previous stage's output directory) or, for a first "
+                             f"stage, 'model' (a preset name)")
+        return cfg
+
+    @classmethod
+    def load(cls, path: str, overrides: Optional[List[str]] = None) -> "TrainConfig":
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level")
+        for item in overrides or []:
+            key, _, raw = item.partition("=")
+            if not _:
+                raise ValueError(f"override {item!r} must look like key=value")
+            node = data
+            parts = key.split(".")
+            for p in parts[:-1]:
+                node = node.setdefault(p, {})
+            node[parts[-1]] = yaml.safe_load(raw)
+        return cls.from_dict(data, source=path)
