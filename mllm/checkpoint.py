@@ -22,6 +22,23 @@ from .config import CONFIG_NAME, ModelConfig
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 HF_CONFIG_NAME = "config.json"
+ADAPTER_DIR = "llm_adapter"  # a peft LoRA adapter kept beside the base weights (not merged)
+
+
+def is_peft(module) -> bool:
+    return hasattr(module, "peft_config") and hasattr(module, "get_base_model")
+
+
+def merge_lora_if_any(model):
+    """Merge a LoRA-wrapped LLM into plain weights (in place); returns the model."""
+    if is_peft(model.llm):
+        model.llm = model.llm.merge_and_unload()
+    return model
+
+
+def _base_key(key: str) -> str:
+    """peft-wrapped key -> the plain model's key (``llm.base_model.model.x.base_layer.w`` -> ``llm.x.w``)."""
+    return key.replace("llm.base_model.model.", "llm.", 1).replace(".base_layer.", ".")
 
 
 def portable_config(model) -> ModelConfig:
@@ -30,7 +47,8 @@ def portable_config(model) -> ModelConfig:
     cfg.vision.name_or_path = None
     cfg.vision.config = model.vision_tower.arch_config()
     cfg.llm.name_or_path = None
-    llm_cfg = model.llm.config.to_dict()
+    llm = model.llm.get_base_model() if is_peft(model.llm) else model.llm
+    llm_cfg = llm.config.to_dict()
     for key in ("_name_or_path", "transformers_version", "architectures", "torch_dtype", "dtype"):
         llm_cfg.pop(key, None)
     cfg.llm.config = llm_cfg
@@ -130,7 +148,11 @@ def save_pretrained(model, path: str, max_shard_size="5GB") -> None:
     }
     with open(os.path.join(path, HF_CONFIG_NAME), "w") as f:
         json.dump(hf_cfg, f, indent=2)
-    save_state_dict(_unique_state_dict(model), path, max_shard_size=max_shard_size)
+    state = _unique_state_dict(model)
+    if is_peft(model.llm):
+        model.llm.save_pretrained(os.path.join(path, ADAPTER_DIR), safe_serialization=True)
+        state = {_base_key(k): v for k, v in state.items() if ".lora_" not in k}
+    save_state_dict(state, path, max_shard_size=max_shard_size)
     model.tokenizer.save_pretrained(path)
 
 
@@ -168,6 +190,11 @@ def load_pretrained(path: str, device: Optional[str] = None, dtype: Optional[tor
     load_weights(model, load_state_dict_files(path), source=path)
     if hasattr(model.llm, "tie_weights"):
         model.llm.tie_weights()
+    adapter = os.path.join(path, ADAPTER_DIR)
+    if os.path.isdir(adapter):
+        from peft import PeftModel
+
+        model.llm = PeftModel.from_pretrained(model.llm, adapter, is_trainable=False)
     if dtype is not None:
         model.to(dtype)
     if device is not None:

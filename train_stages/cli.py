@@ -1,0 +1,57 @@
+"""Shared entry point of the per-stage scripts: parse --config/--set/--resume, run, exit cleanly."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+
+def add_arguments(p: argparse.ArgumentParser, stage: Optional[str] = None) -> None:
+    if stage is None:
+        p.add_argument("--stage", required=True, help="align | multitask | instruct | encoder")
+    p.add_argument("--config", required=True, help="training config YAML (see README: Training)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set max_steps=100 --set modules.llm.mode=lora")
+    p.add_argument("--resume", help="'auto' (latest complete checkpoint in output_dir) or a checkpoint directory")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
+
+
+def run(args, stage: Optional[str] = None) -> int:
+    import torch.distributed as dist
+
+    from .specs import TrainConfig
+
+    stage = stage or args.stage
+    overrides: List[str] = list(args.overrides) + [f"stage={stage}"]
+    if args.resume:
+        overrides.append(f"resume={args.resume}")
+    if stage == "encoder":
+        from .encoder_pretrain import EncoderPretrainConfig, pretrain_encoder
+        import yaml
+
+        with open(args.config) as f:
+            data = yaml.safe_load(f) or {}
+        for item in args.overrides:
+            k, _, v = item.partition("=")
+            data[k] = yaml.safe_load(v)
+        pretrain_encoder(EncoderPretrainConfig(**data))
+        return 0
+    cfg = TrainConfig.load(args.config, overrides)
+    from .runner import run_stage
+
+    run_stage(cfg)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+        # gloo sometimes aborts at interpreter exit after all work is done (ENVIRONMENT.md): leave now
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return 0
+
+
+def stage_main(stage: str, argv=None) -> int:
+    p = argparse.ArgumentParser(prog=f"train_stages.{stage}", description=f"Run the {stage} stage.")
+    add_arguments(p, stage)
+    return run(p.parse_args(argv), stage)

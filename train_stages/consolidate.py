@@ -1,0 +1,56 @@
+"""Turn a trained (possibly ZeRO-sharded, LoRA/QLoRA-wrapped) model into a plain checkpoint directory.
+
+The gathered state dict of the trained model is loaded into a fresh full-precision copy of the stage's
+input model, wrapped with the same LoRA config when the LLM used LoRA/QLoRA (QLoRA's 4-bit base weights
+are frozen, so the fresh copy's full-precision originals are the right base). Every *trained* tensor
+must be found in the trained state — a missing one is an error, not a silently random module (LLaVA
+lost its projector on LoRA resume this way). Then LoRA is merged, or kept as an adapter beside the
+base weights (``merge_lora: false``).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Dict
+
+import torch
+
+from .specs import TrainConfig
+
+log = logging.getLogger("mllm.train")
+
+
+def consolidate(cfg: TrainConfig, trained: Dict[str, torch.Tensor], load_start_model: Callable):
+    from peft import get_peft_model
+
+    from .freeze import MODULES, _lora_config
+
+    model = load_start_model(cfg)
+    lora = cfg.module("llm").mode in ("lora", "qlora")
+    if lora:
+        model.llm = get_peft_model(model.llm, _lora_config(cfg.lora, task_type="CAUSAL_LM"))
+    trained_prefixes = {"vision": "vision_tower.", "connector": "connector.", "llm": "llm.", "gen_head": "gen_head."}
+    must = [trained_prefixes[m] for m in MODULES if cfg.module(m).mode == "full"]
+    own = model.state_dict()
+    new_state, missing = {}, []
+    for key, ref in own.items():
+        t = trained.get(key)
+        is_lora = ".lora_" in key
+        needed = is_lora or any(key.startswith(p) for p in must) or (key == "image_newline" and "connector." in must)
+        if t is not None and t.shape == ref.shape:
+            new_state[key] = t.to(ref.dtype)
+        elif needed:
+            missing.append(key)
+    if missing:
+        raise ValueError(f"consolidation: {len(missing)} trained tensor(s) missing from the trained state "
+                         f"(or with another shape): {missing[:8]}")
+    model.load_state_dict(new_state, strict=False)
+    if lora and cfg.merge_lora:
+        model.llm = model.llm.merge_and_unload()
+    return model
+
+
+def consolidate_and_save(cfg: TrainConfig, trained: Dict[str, torch.Tensor], load_start_model: Callable) -> None:
+    model = consolidate(cfg, trained, load_start_model)
+    model.save_pretrained(cfg.output_dir)
+    log.info("consolidated model written to %s%s", cfg.output_dir,
+             " (LoRA kept as adapter)" if cfg.module("llm").mode in ("lora", "qlora") and not cfg.merge_lora else "")

@@ -1,0 +1,195 @@
+"""The shared stage runner: one function runs any stage spec on transformers' Trainer + DeepSpeed ZeRO.
+
+    from train_stages.runner import run_stage
+    from train_stages.specs import TrainConfig
+    run_stage(TrainConfig.load("configs/align.yaml"))
+
+It loads the model (``init_from`` checkpoint, or a preset for a first stage), applies the stage's module
+policy, logs the parameter table, builds the data, trains, and writes a consolidated checkpoint
+(``save_pretrained`` layout; LoRA merged or kept as an adapter) into ``output_dir`` for the next stage.
+Runs the same on one CPU, under ``torchrun --nproc_per_node N`` and under the ``deepspeed`` launcher.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Dict, Optional
+
+import torch
+import torch.distributed as dist
+
+from .freeze import apply_policy, param_table, per_module_param_groups
+from .specs import TrainConfig
+
+log = logging.getLogger("mllm.train")
+HERE = os.path.dirname(os.path.abspath(__file__))
+ZERO_CONFIGS = {"zero2": "zero2.json", "zero3": "zero3.json", "zero3_offload": "zero3_offload.json"}
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def setup_logging() -> None:
+    level = logging.INFO if rank() == 0 else logging.WARNING
+    logging.basicConfig(level=level, format=f"[rank{rank()}] %(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("mllm").setLevel(level)
+
+
+def resolve_deepspeed(name: Optional[str]) -> Optional[str]:
+    if name in (None, "", "none"):
+        return None
+    if name in ZERO_CONFIGS:
+        return os.path.join(HERE, ZERO_CONFIGS[name])
+    if os.path.exists(name):
+        return name
+    raise ValueError(f"deepspeed config {name!r} is neither one of {', '.join(ZERO_CONFIGS)} nor 'none' nor a file")
+
+
+def zero_stage(path: Optional[str]) -> int:
+    if not path:
+        return 0
+    with open(path) as f:
+        return int(json.load(f).get("zero_optimization", {}).get("stage", 0))
+
+
+def load_start_model(cfg: TrainConfig):
+    """The stage's input model, in full precision (explicit ``init_from``, or a preset for a first stage)."""
+    from mllm.config import apply_overrides
+    from mllm.model import MultimodalLM
+    from mllm.presets import get_preset
+
+    if cfg.init_from:
+        return MultimodalLM.from_pretrained(cfg.init_from)
+    return MultimodalLM.build(apply_overrides(get_preset(cfg.model), cfg.model_overrides))
+
+
+def build_data(cfg: TrainConfig, model):
+    """Dataset, collator and sampler for the stage (data_pipelines does the work)."""
+    from data_pipelines.training import build_training_data
+
+    return build_training_data(
+        sources=cfg.data, tokenizer=model.tokenizer, geometry=model.geometry, model_config=model.config,
+        template=cfg.resolved_template(model.config.chat_template),
+        max_length=cfg.max_length or model.config.max_length, packing=cfg.packing, strict=cfg.strict_data,
+        seed=cfg.seed, batch_size=cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps,
+        world_size=world_size(), group_by_modality=cfg.group_by_modality_length)
+
+
+def _training_args(cfg: TrainConfig, ds_path: Optional[str]):
+    from transformers import TrainingArguments
+
+    cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=cfg.output_dir,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.resolved_lr(),
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        warmup_ratio=cfg.warmup_ratio,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        bf16=cfg.bf16,
+        logging_steps=cfg.logging_steps,
+        logging_dir=os.path.join(cfg.output_dir, "tensorboard"),
+        save_strategy="steps" if cfg.save_steps > 0 else "no",
+        save_steps=max(cfg.save_steps, 1),
+        save_total_limit=None,  # MLLMTrainer keeps the last N *complete* checkpoints itself
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=list(cfg.report_to) or "none",
+        deepspeed=ds_path,
+        use_cpu=not cuda,  # on CPU DeepSpeed needs it, or every rank thinks it is rank 0
+        remove_unused_columns=False,
+        dataloader_num_workers=cfg.dataloader_num_workers,
+        include_num_input_tokens_seen=True,
+        save_safetensors=True,
+        disable_tqdm=False,
+        ddp_find_unused_parameters=False,
+    )
+
+
+def run_stage(cfg: TrainConfig) -> Dict:
+    from transformers import set_seed
+
+    from mllm.checkpoint import load_state_dict_files  # noqa: F401  (import check: safetensors only)
+
+    from .consolidate import consolidate_and_save
+    from .trainer import (DataPositionCallback, MetricsCallback, MLLMTrainer, gathered_state_dict,
+                          latest_checkpoint, remove_incomplete_checkpoints)
+
+    setup_logging()
+    t0 = time.time()
+    set_seed(cfg.seed)
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    ds_path = resolve_deepspeed(cfg.resolved_zero())
+    if cfg.module("llm").mode == "qlora" and zero_stage(ds_path) == 3:
+        log.warning("QLoRA with ZeRO-3 needs bitsandbytes' quant_storage support on your platform; "
+                    "falling back to ZeRO-2")
+        ds_path = resolve_deepspeed("zero2")
+    if rank() == 0:
+        cfg.save(os.path.join(cfg.output_dir, "train_config.json"))
+
+    model = load_start_model(cfg)
+    groups = apply_policy(model, cfg)
+    model.always_run_vision = cfg.always_run_vision if cfg.always_run_vision is not None \
+        else (zero_stage(ds_path) == 3 and world_size() > 1)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(vision=cfg.module("vision").mode != "frozen")
+    log.info("stage %s: trainable / frozen parameters\n%s", cfg.stage, param_table(model))
+    if rank() == 0:
+        model.config.save(os.path.join(cfg.output_dir, "mllm_config.resolved.json"))
+
+    data = build_data(cfg, model)
+    args = _training_args(cfg, ds_path)
+    metrics_path = os.path.join(cfg.output_dir, "metrics.jsonl")
+    callbacks = [MetricsCallback(metrics_path, cfg.stage)]
+    if data.sampler is not None:
+        callbacks.append(DataPositionCallback(data.sampler))
+    trainer = MLLMTrainer(
+        model=model, args=args, train_dataset=data.dataset, data_collator=data.collator,
+        param_groups=per_module_param_groups(groups, cfg, cfg.weight_decay), keep_last=cfg.save_total_limit,
+        callbacks=callbacks,
+    )
+    if data.sampler is not None:
+        trainer._get_train_sampler = lambda *a, **k: data.sampler  # our modality-grouped, resumable order
+
+    resume = None
+    if cfg.resume == "auto":
+        if rank() == 0:
+            for path in remove_incomplete_checkpoints(cfg.output_dir):
+                log.warning("removed incomplete checkpoint %s (the run was stopped while saving it)", path)
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+        resume = latest_checkpoint(cfg.output_dir)
+        log.info("resume=auto: %s", resume or "no complete checkpoint, starting fresh")
+    elif cfg.resume:
+        resume = cfg.resume
+    # the preflight check reads the first batches before any step: mis-masked or mis-tokenised data
+    # is an error here, not a silent zero loss later
+    data.preflight(trainer.get_train_dataloader())
+    result = trainer.train(resume_from_checkpoint=resume)
+
+    state = gathered_state_dict(trainer)
+    summary = {"stage": cfg.stage, "steps": trainer.state.global_step, "train_loss": result.training_loss,
+               "seconds": round(time.time() - t0, 1), "world_size": world_size(),
+               "zero_stage": zero_stage(ds_path), "data": data.stats()}
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    if losses:
+        summary["first_loss"], summary["last_loss"] = losses[0], losses[-1]
+    if rank() == 0:
+        consolidate_and_save(cfg, state, load_start_model)
+        with open(os.path.join(cfg.output_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        log.info("stage %s done: %s", cfg.stage, json.dumps(summary))
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    return summary
