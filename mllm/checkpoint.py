@@ -62,10 +62,14 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def _unique_state_dict(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
-    """state_dict with shared storages kept once (first name wins) — safetensors refuses aliases."""
+    return unique_state_dict(module.state_dict())
+
+
+def unique_state_dict(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """A state dict with shared storages kept once (first name wins) — safetensors refuses aliases."""
     seen: Dict[tuple, str] = {}
     out: Dict[str, torch.Tensor] = {}
-    for name, tensor in module.state_dict().items():
+    for name, tensor in state.items():
         key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
         if tensor.numel() and key in seen:
             continue

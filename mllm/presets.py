@@ -1,6 +1,6 @@
 """Named model presets (``get_preset(name)``), each a plain ``ModelConfig``.
 
-    tiny                CLIP-style tower (64px tiles, patch 8) + 6-layer Llama (~2.7M params), AnyRes, tiny BPE;
+    tiny                CLIP-style tower (48px tiles, patch 8) + 6-layer Llama (~2.7M params), AnyRes, tiny BPE;
                         random init: trains on a laptop CPU in minutes.
     llava-1.5-7b        CLIP ViT-L/14-336 + Vicuna-7B v1.5, MLP connector, fixed 336px.
     llava-next-7b       the same + AnyRes (LLaVA-NeXT grid pinpoints).
@@ -46,11 +46,11 @@ OPT_2_7B = dict(model_type="opt", hidden_size=2560, ffn_dim=10240, num_hidden_la
 
 # tiny: the tokenizer's specials are <s>=0, </s>=1, <unk>=2, <pad>=3, <image>=1024
 TINY_TOWER = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                  image_size=64, patch_size=8, hidden_act="quick_gelu")
+                  image_size=48, patch_size=8, hidden_act="quick_gelu")
 TINY_LLM = dict(model_type="llama", hidden_size=192, intermediate_size=512, num_hidden_layers=6,
                 num_attention_heads=6, num_key_value_heads=2, vocab_size=1025, max_position_embeddings=2048,
                 rms_norm_eps=1e-5, bos_token_id=0, eos_token_id=1, pad_token_id=3, tie_word_embeddings=True)
-TINY_PINPOINTS = [[64, 128], [128, 64], [128, 128], [64, 192], [192, 64]]
+TINY_PINPOINTS = [[48, 96], [96, 48], [96, 96], [48, 144], [144, 48]]
 
 
 @PRESETS.register("tiny")
@@ -61,7 +61,7 @@ def tiny() -> ModelConfig:
         connector=ConnectorConfig(kind="mlp2x_gelu"),
         llm=LLMConfig(config=dict(TINY_LLM), tokenizer="tiny", dtype="float32"),
         anyres=AnyResConfig(enabled=True, grid_pinpoints=[list(p) for p in TINY_PINPOINTS]),
-        image=ImageConfig(size=64, mean=CLIP_MEAN, std=CLIP_STD),
+        image=ImageConfig(size=48, mean=CLIP_MEAN, std=CLIP_STD),
         chat_template="vicuna_v1",
         max_length=1024,
     )

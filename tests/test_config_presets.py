@@ -54,9 +54,9 @@ def test_tiny_preset_builds_and_is_small():
     m = MultimodalLM.build(get_preset("tiny"))
     n = sum(p.numel() for p in m.parameters())
     assert 1e6 < n < 10e6
-    assert m.geometry.tile_size == 64 and m.geometry.patch_size == 8
-    # 64x64 -> best pinpoint 64x128 (first of the ties): base 8x8 + the 8x16 grid unpadded to 8x8 + 8 newlines
-    assert m.num_image_tokens((64, 64)) == 64 + 64 + 8
+    assert m.geometry.tile_size == 48 and m.geometry.patch_size == 8
+    # 64x64 -> best pinpoint 96x96 (2x2 tiles): base 6x6 + the 12x12 grid (square: no unpadding) + 12 newlines
+    assert m.num_image_tokens((64, 64)) == 36 + 144 + 12
 
 
 # expected sizes from the published models (vision + connector + LLM), in billions

@@ -70,22 +70,12 @@ def load_start_model(cfg: TrainConfig):
     return MultimodalLM.build(apply_overrides(get_preset(cfg.model), cfg.model_overrides))
 
 
-def build_data(cfg: TrainConfig, model):
-    """Dataset, collator and sampler for the stage (data_pipelines does the work)."""
-    from data_pipelines.training import build_training_data
-
-    return build_training_data(
-        sources=cfg.data, tokenizer=model.tokenizer, geometry=model.geometry, model_config=model.config,
-        template=cfg.resolved_template(model.config.chat_template),
-        max_length=cfg.max_length or model.config.max_length, packing=cfg.packing, strict=cfg.strict_data,
-        seed=cfg.seed, batch_size=cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps,
-        world_size=world_size(), group_by_modality=cfg.group_by_modality_length)
-
-
 def _training_args(cfg: TrainConfig, ds_path: Optional[str]):
     from transformers import TrainingArguments
 
     cuda = torch.cuda.is_available()
+    # TensorBoard (report_to: [tensorboard]) writes under output_dir/runs unless this is set
+    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", os.path.join(cfg.output_dir, "tensorboard"))
     return TrainingArguments(
         output_dir=cfg.output_dir,
         per_device_train_batch_size=cfg.per_device_train_batch_size,
@@ -93,13 +83,12 @@ def _training_args(cfg: TrainConfig, ds_path: Optional[str]):
         learning_rate=cfg.resolved_lr(),
         num_train_epochs=cfg.num_train_epochs,
         max_steps=cfg.max_steps,
-        warmup_ratio=cfg.warmup_ratio,
+        warmup_steps=float(cfg.warmup_ratio),  # a float in [0, 1) is a ratio of the total steps
         lr_scheduler_type=cfg.lr_scheduler_type,
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
         bf16=cfg.bf16,
         logging_steps=cfg.logging_steps,
-        logging_dir=os.path.join(cfg.output_dir, "tensorboard"),
         save_strategy="steps" if cfg.save_steps > 0 else "no",
         save_steps=max(cfg.save_steps, 1),
         save_total_limit=None,  # MLLMTrainer keeps the last N *complete* checkpoints itself
@@ -111,7 +100,6 @@ def _training_args(cfg: TrainConfig, ds_path: Optional[str]):
         remove_unused_columns=False,
         dataloader_num_workers=cfg.dataloader_num_workers,
         include_num_input_tokens_seen=True,
-        save_safetensors=True,
         disable_tqdm=False,
         ddp_find_unused_parameters=False,
     )
@@ -120,9 +108,8 @@ def _training_args(cfg: TrainConfig, ds_path: Optional[str]):
 def run_stage(cfg: TrainConfig) -> Dict:
     from transformers import set_seed
 
-    from mllm.checkpoint import load_state_dict_files  # noqa: F401  (import check: safetensors only)
-
     from .consolidate import consolidate_and_save
+    from .data import build_training_data
     from .trainer import (DataPositionCallback, MetricsCallback, MLLMTrainer, gathered_state_dict,
                           latest_checkpoint, remove_incomplete_checkpoints)
 
@@ -148,7 +135,7 @@ def run_stage(cfg: TrainConfig) -> Dict:
     if rank() == 0:
         model.config.save(os.path.join(cfg.output_dir, "mllm_config.resolved.json"))
 
-    data = build_data(cfg, model)
+    data = build_training_data(cfg, model)
     args = _training_args(cfg, ds_path)
     metrics_path = os.path.join(cfg.output_dir, "metrics.jsonl")
     callbacks = [MetricsCallback(metrics_path, cfg.stage)]
@@ -157,7 +144,7 @@ def run_stage(cfg: TrainConfig) -> Dict:
     trainer = MLLMTrainer(
         model=model, args=args, train_dataset=data.dataset, data_collator=data.collator,
         param_groups=per_module_param_groups(groups, cfg, cfg.weight_decay), keep_last=cfg.save_total_limit,
-        callbacks=callbacks,
+        callbacks=callbacks, skip_stats=data.skip_stats,
     )
     if data.sampler is not None:
         trainer._get_train_sampler = lambda *a, **k: data.sampler  # our modality-grouped, resumable order
@@ -175,7 +162,7 @@ def run_stage(cfg: TrainConfig) -> Dict:
         resume = cfg.resume
     # the preflight check reads the first batches before any step: mis-masked or mis-tokenised data
     # is an error here, not a silent zero loss later
-    data.preflight(trainer.get_train_dataloader())
+    data.preflight()
     result = trainer.train(resume_from_checkpoint=resume)
 
     state = gathered_state_dict(trainer)

@@ -59,10 +59,19 @@ class MLLMTrainer(Trainer):
     """``keep_last``: how many complete checkpoints to keep (the Trainer's own rotation is left off, since it
     runs before the new checkpoint is marked complete)."""
 
-    def __init__(self, *args, param_groups: Optional[List[Dict]] = None, keep_last: Optional[int] = None, **kwargs):
+    def __init__(self, *args, param_groups: Optional[List[Dict]] = None, keep_last: Optional[int] = None,
+                 skip_stats=None, **kwargs):
         self._mllm_param_groups = param_groups
         self._keep_last = keep_last
+        self._skip_stats = skip_stats
         super().__init__(*args, **kwargs)
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        # records skipped inside DataLoader workers travel with the batch; count them here, exactly once
+        skips = inputs.pop("data_skips", None)
+        if skips and self._skip_stats is not None:
+            self._skip_stats.add_events(skips)
+        return super().training_step(model, inputs, *args, **kwargs)
 
     def create_optimizer(self, model=None):
         if self.optimizer is None and self._mllm_param_groups is not None:
@@ -72,6 +81,16 @@ class MLLMTrainer(Trainer):
             self.optimizer = optim_cls(groups, lr=self.args.learning_rate, **optim_kwargs)
             return self.optimizer
         return super().create_optimizer(model)
+
+    def _save(self, output_dir: Optional[str] = None, state_dict=None):
+        # the Trainer's own writer refuses tied (shared) tensors; store each storage once, as save_pretrained does
+        from mllm.checkpoint import save_state_dict, unique_state_dict
+
+        output_dir = output_dir or self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        if state_dict is None:
+            state_dict = self.accelerator.unwrap_model(self.model).state_dict()
+        save_state_dict(unique_state_dict(state_dict), output_dir)
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)

@@ -1,0 +1,64 @@
+"""A stage's data: the mixture of its sources -> dataset -> sampler -> collator (data_pipelines does the work).
+
+The sampler yields the *global* order (modality- and length-grouped, seeded per epoch); accelerate's
+DataLoader wrapper deals consecutive batches to the ranks, so every batch keeps one modality and the
+Trainer's resume (replaying the seeded order and skipping the consumed batches) lands exactly where the
+interrupted run stopped.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+from data_pipelines.collate import PackingCollator, PaddingCollator
+from data_pipelines.dataset import MultimodalDataset
+from data_pipelines.mixture import MixtureSpec, SourceSpec, load_mixture
+from data_pipelines.preflight import preflight
+from data_pipelines.records import SkipStats
+from data_pipelines.sampler import LengthGroupedSampler
+
+from .specs import TrainConfig
+
+log = logging.getLogger("mllm.train")
+
+
+@dataclass
+class TrainingData:
+    dataset: Any
+    collator: Any
+    sampler: Optional[LengthGroupedSampler]
+    skip_stats: SkipStats
+
+    def preflight(self, num_samples: int = 64) -> Dict[str, Any]:
+        indices = list(iter(self.sampler))[:num_samples] if self.sampler is not None else None
+        report = preflight(self.dataset, indices=indices, num_samples=num_samples)
+        log.info("preflight over the first %d samples: %s", report["checked"], report)
+        return report
+
+    def stats(self) -> Dict[str, Any]:
+        return self.skip_stats.as_dict()
+
+
+def build_training_data(cfg: TrainConfig, model) -> TrainingData:
+    if not cfg.data:
+        raise ValueError(f"stage {cfg.stage!r}: 'data' lists no sources")
+    spec = MixtureSpec(sources=[SourceSpec(path=s.path, format=s.format, image_root=s.image_root,
+                                           weight=s.weight, max_samples=s.max_samples) for s in cfg.data],
+                       seed=cfg.seed)
+    stats = SkipStats()
+    records = load_mixture(spec, stats=stats, strict=cfg.strict_data)
+    max_length = cfg.max_length or model.config.max_length
+    dataset = MultimodalDataset.for_model(records, model, max_length=max_length,
+                                          template=cfg.resolved_template(model.config.chat_template),
+                                          strict=cfg.strict_data, stats=stats)
+    pad = model.tokenizer.pad_token_id
+    if cfg.packing:
+        collator = PackingCollator(max_length=max_length, pad_token_id=pad, report_skips=True)
+    else:
+        collator = PaddingCollator(pad_token_id=pad, report_skips=True)
+    sampler = LengthGroupedSampler(dataset.lengths, dataset.modalities, batch_size=cfg.per_device_train_batch_size,
+                                   seed=cfg.seed, group_by_modality=cfg.group_by_modality_length)
+    if stats.as_dict().get("total"):
+        stats.log(log)
+    return TrainingData(dataset=dataset, collator=collator, sampler=sampler, skip_stats=stats)
