@@ -10,9 +10,10 @@ covers the Shapes world's words and the benchmark prompt phrases, so those are s
 from __future__ import annotations
 
 import itertools
+import os
 from typing import Iterable, List, Optional
 
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 TINY_SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
 TINY_VOCAB_SIZE = 1024
@@ -82,8 +83,12 @@ def train_tiny_tokenizer(corpus: Optional[Iterable[str]] = None, vocab_size: int
 def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     if name_or_path == "tiny":
         return train_tiny_tokenizer()
+    kwargs = {}
+    if os.path.exists(os.path.join(name_or_path, "mllm_config.json")):
+        # our checkpoint's config.json describes the multimodal model, not a tokenizer: don't consult it
+        kwargs["config"] = PretrainedConfig()
     try:
-        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
     except OSError as e:
         raise ValueError(f"cannot load a tokenizer from {name_or_path!r} (a hub id needs network or a local "
                          f"copy; a directory needs tokenizer files): {e}") from None

@@ -92,6 +92,15 @@ class MLLMTrainer(Trainer):
             state_dict = self.accelerator.unwrap_model(self.model).state_dict()
         save_state_dict(unique_state_dict(state_dict), output_dir)
 
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if self.is_deepspeed_enabled:  # DeepSpeed restores its own (sharded) model states
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        from mllm.checkpoint import load_state_dict_files, load_weights
+
+        model = model if model is not None else self.model
+        load_weights(self.accelerator.unwrap_model(model), load_state_dict_files(resume_from_checkpoint),
+                     source=resume_from_checkpoint)
+
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
         _barrier()  # every rank has written its shard
