@@ -1,0 +1,124 @@
+"""HuggingFace export and import.
+
+    from mllm.export import export_model
+    report = export_model("ckpt/", "hf_out/", verify=True)     # or export_model(model, ...)
+    print(report.path, report.reason, report.verify.summary())
+
+    mllm export --model ckpt/ --out hf_out/ --verify            # the same from the command line
+    mllm import --from llava-hf-dir/ --out ckpt/                # llava-hf checkpoint -> ours
+
+Which path a model takes (printed, and in ``report.path``):
+  "llava" / "llava_next"  MLP connector + a tower transformers has (HF CLIP/SigLIP, or an open_clip ViT that
+                          converts exactly): a native ``LlavaForConditionalGeneration`` (AnyRes off) or
+                          ``LlavaNextForConditionalGeneration`` (AnyRes on), in the layout transformers 4.57
+                          and 5.x both load (``mllm.export.llava``)
+  "remote"                everything else (Q-Former, towers without a transformers counterpart): a transformers
+                          checkpoint with its own modeling code and ``auto_map``, loaded with
+                          ``trust_remote_code=True`` (``mllm.export.remote``); ``report.reason`` says why
+LoRA adapters are merged first. ``verify=True`` checks the export in a fresh transformers-only process
+(``mllm.export.verify``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional
+
+import torch
+
+from .common import chat_template_jinja, load_for_export, merge_lora_if_any
+
+PATHS = ("auto", "native", "remote")
+
+
+@dataclass
+class ExportReport:
+    out_dir: str
+    path: str                  # "llava" | "llava_next" | "remote"
+    reason: Optional[str]      # why not native (remote path), else None
+    config: Dict[str, Any]
+    verify: Any = None         # VerifyResult when verified
+
+
+def choose_path(model, force: str = "auto"):
+    """(path, converted tower or None, reason): the export route for ``model`` (see the module docstring)."""
+    from .llava import native_blocker
+    from .towers import NotConvertible, export_vision_tower
+
+    if force not in PATHS:
+        raise ValueError(f"unknown export path {force!r}; known: {', '.join(PATHS)}")
+    conv, tower_reason = None, None
+    try:
+        conv = export_vision_tower(model.vision_tower, model.config.vision.kind)
+    except NotConvertible as e:
+        tower_reason = str(e)
+    blocker = native_blocker(model) or (f"the vision tower does not map onto transformers: {tower_reason}"
+                                        if tower_reason else None)
+    if force == "native" and blocker:
+        raise ValueError(f"cannot export natively: {blocker}")
+    if force == "remote" or blocker:
+        return "remote", conv, blocker or "remote-code export requested"
+    return ("llava_next" if model.geometry.grid_pinpoints else "llava"), conv, None
+
+
+def export_model(source, out_dir: str, *, verify: bool = False, path: str = "auto",
+                 dtype: Optional[torch.dtype] = None, max_shard_size="5GB", overwrite: bool = False,
+                 verify_python: Optional[str] = None, log: Optional[Callable[[str], None]] = print) -> ExportReport:
+    """Export an mllm model (a ``MultimodalLM`` or a checkpoint directory) to a transformers checkpoint.
+
+    ``path`` forces "native" or "remote" ("auto": native when possible). ``dtype`` is the precision written
+    (default: the checkpoint's / the LLM's). A ``MultimodalLM`` whose LLM is LoRA-wrapped is merged in place.
+    ``verify_python`` runs the verification's transformers side with another interpreter.
+    """
+    from .llava import export_llava
+    from .remote import export_remote
+
+    _check_out_dir(out_dir, overwrite)
+    if isinstance(source, (str, os.PathLike)):
+        model = load_for_export(str(source), log)  # float32 in memory
+        if dtype is None:  # write the weights in the precision the checkpoint was saved in
+            from ..config import ModelConfig
+            from ..llm import resolve_dtype
+
+            dtype = resolve_dtype(ModelConfig.load(str(source)).llm.dtype)
+    else:
+        model = merge_lora_if_any(source, log)
+    model.eval()
+    _remove_stale(out_dir)
+    route, conv, reason = choose_path(model, path)
+    if log:
+        log(f"export path: {route}" + (f" (not native: {reason})" if reason else ""))
+    template = chat_template_jinja(model.config.chat_template, log)
+    kwargs = dict(chat_template=template, dtype=dtype, max_shard_size=max_shard_size, log=log)
+    if route == "remote":
+        config = export_remote(model, out_dir, conv, **kwargs)
+    else:
+        config = export_llava(model, conv, out_dir, **kwargs)
+    report = ExportReport(out_dir=out_dir, path=route, reason=reason, config=config)
+    if verify:
+        from .verify import verify_export
+
+        report.verify = verify_export(model, out_dir, python=verify_python)
+        if log:
+            log(report.verify.summary())
+    return report
+
+
+def _remove_stale(out_dir: str) -> None:
+    # files of an earlier export that this one may not rewrite (its code files, an old chat template)
+    from .common import CHAT_TEMPLATE_FILE
+    from .remote import REMOTE_FILES
+
+    for name in REMOTE_FILES + (CHAT_TEMPLATE_FILE,):
+        if os.path.isfile(os.path.join(out_dir, name)):
+            os.remove(os.path.join(out_dir, name))
+
+
+def _check_out_dir(out_dir: str, overwrite: bool) -> None:
+    if os.path.isfile(out_dir):
+        raise ValueError(f"--out {out_dir!r} is a file")
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
+        raise ValueError(f"--out {out_dir!r} is not empty; choose a new directory or pass --overwrite")
+
+
+__all__ = ["ExportReport", "choose_path", "export_model", "load_for_export", "merge_lora_if_any"]
