@@ -9,6 +9,7 @@ base weights (``merge_lora: false``).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Callable, Dict
 
@@ -49,8 +50,23 @@ def consolidate(cfg: TrainConfig, trained: Dict[str, torch.Tensor], load_start_m
     return model
 
 
+@contextlib.contextmanager
+def _outside_zero3():
+    """Build plain (unpartitioned) models on one rank even while a ZeRO-3 Trainer is alive: transformers
+    would otherwise construct them under ``deepspeed.zero.Init``, whose collectives wait for every rank."""
+    from transformers.integrations import deepspeed as hf_ds
+
+    saved = hf_ds._hf_deepspeed_config_weak_ref
+    hf_ds.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = saved
+
+
 def consolidate_and_save(cfg: TrainConfig, trained: Dict[str, torch.Tensor], load_start_model: Callable) -> None:
-    model = consolidate(cfg, trained, load_start_model)
+    with _outside_zero3():
+        model = consolidate(cfg, trained, load_start_model)
     model.save_pretrained(cfg.output_dir)
     log.info("consolidated model written to %s%s", cfg.output_dir,
              " (LoRA kept as adapter)" if cfg.module("llm").mode in ("lora", "qlora") and not cfg.merge_lora else "")

@@ -52,6 +52,30 @@ def resolve_deepspeed(name: Optional[str]) -> Optional[str]:
     raise ValueError(f"deepspeed config {name!r} is neither one of {', '.join(ZERO_CONFIGS)} nor 'none' nor a file")
 
 
+def materialize_deepspeed(path: Optional[str], hidden_size: int, out_dir: str) -> Optional[str]:
+    """Fill the model-size "auto" entries (bucket sizes) the way transformers would from a plain HF config
+    (ours is multimodal, so it can't find ``hidden_size``); batch size, LR, precision stay "auto" for the
+    Trainer. The resolved file is written into the run directory."""
+    if not path:
+        return None
+    with open(path) as f:
+        cfg = json.load(f)
+    zero = cfg.get("zero_optimization", {})
+    sizes = {"reduce_bucket_size": hidden_size * hidden_size,
+             "stage3_prefetch_bucket_size": int(0.9 * hidden_size * hidden_size),
+             "stage3_param_persistence_threshold": 10 * hidden_size}
+    for key, value in sizes.items():
+        if zero.get(key) == "auto":
+            zero[key] = value
+    resolved = os.path.join(out_dir, "deepspeed_config.json")
+    # every rank writes the same content atomically, so no rank can read a half-written file
+    tmp = f"{resolved}.rank{rank()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(cfg, f, indent=2)
+    os.replace(tmp, resolved)
+    return resolved
+
+
 def zero_stage(path: Optional[str]) -> int:
     if not path:
         return 0
@@ -128,7 +152,7 @@ def run_stage(cfg: TrainConfig) -> Dict:
     model = load_start_model(cfg)
     groups = apply_policy(model, cfg)
     model.always_run_vision = cfg.always_run_vision if cfg.always_run_vision is not None \
-        else (zero_stage(ds_path) == 3 and world_size() > 1)
+        else world_size() > 1  # ZeRO-3 gathers and ZeRO-2/DDP gradient reductions need every rank in step
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(vision=cfg.module("vision").mode != "frozen")
     log.info("stage %s: trainable / frozen parameters\n%s", cfg.stage, param_table(model))
@@ -136,7 +160,8 @@ def run_stage(cfg: TrainConfig) -> Dict:
         model.config.save(os.path.join(cfg.output_dir, "mllm_config.resolved.json"))
 
     data = build_training_data(cfg, model)
-    args = _training_args(cfg, ds_path)
+    hidden = model.llm.get_input_embeddings().weight.shape[1]
+    args = _training_args(cfg, materialize_deepspeed(ds_path, hidden, cfg.output_dir))
     metrics_path = os.path.join(cfg.output_dir, "metrics.jsonl")
     callbacks = [MetricsCallback(metrics_path, cfg.stage)]
     if data.sampler is not None:
