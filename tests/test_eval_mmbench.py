@@ -304,9 +304,10 @@ def test_cli_scores_predictions_end_to_end(tmp_path, dev_tsv, capsys):
     assert info["missing_prediction_indices"] == [1_000_001] and os.path.exists(out / "predictions.tsv")
 
 
-def test_cli_model_run_is_not_available_yet(tmp_path, dev_tsv, capsys):
+def test_cli_model_run_with_missing_checkpoint_is_one_clear_error(tmp_path, dev_tsv, capsys):
     from mllm.cli import main
 
     code = main(["eval", "mmbench", "--data", dev_tsv, "--model", str(tmp_path / "ckpt"), "--out", str(tmp_path)])
     assert code == 2
-    assert "not available yet" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "checkpoint directory" in err and "does not exist" in err

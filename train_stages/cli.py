@@ -41,7 +41,8 @@ def run(args, stage: Optional[str] = None) -> int:
     from .runner import run_stage
 
     run_stage(cfg)
-    if dist.is_available() and dist.is_initialized():
+    # only under a launcher (torchrun / deepspeed): never end a process that merely called us in-process
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
         # gloo sometimes aborts at interpreter exit after all work is done (ENVIRONMENT.md): leave now

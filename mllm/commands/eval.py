@@ -1,58 +1,119 @@
-"""``mllm eval``: score MMBench (CircularEval) or MMMU predictions, the way the reference tools do.
+"""``mllm eval``: run a checkpoint on MMBench (CircularEval) or MMMU, or score existing predictions.
 
+    mllm eval mmbench --data MMBench_DEV_EN.tsv --model ckpt --out runs/mmbench [--batch-size 8
+                      --max-new-tokens 16 --device cpu|cuda --bf16 --overwrite --strict]
+    mllm eval mmmu --data MMMU/ --split validation --model ckpt --out runs/mmmu [...]
+    torchrun --nproc_per_node 4 -m mllm.cli eval mmbench --data ... --model ckpt --out runs/mmbench
     mllm eval mmbench --data MMBench_DEV_EN.tsv --predictions preds.tsv --out runs/mmbench
-    mllm eval mmmu --data MMMU/ --split validation --predictions output.json --out runs/mmmu
 
-``--predictions`` scores an existing file (MMBench: TSV, XLSX or JSONL with ``index, prediction``;
-MMMU: the official JSON ``{id: response}``). ``--model CKPT`` will run a checkpoint first; its
-predictions then take the same scoring path. The output directory gets ``scores.json`` (when the data
-has answers), the per-row file (``predictions.tsv`` / ``predictions.jsonl``), MMMU's ``submission.json``
-for rows with hidden answers, and ``run_info.json`` (data sha256, prompt version, package versions).
+``--model CKPT`` loads the checkpoint (``MultimodalLM.from_pretrained``), builds each question's prompt in
+the model's chat template and generates greedily in left-padded batches (``eval/runner.py``); the answers
+are appended per batch to ``OUT/raw_predictions.jsonl`` (per-rank part files under torchrun, merged by
+rank 0), so a rerun after a crash continues where it stopped. ``--overwrite`` starts over. They then take
+the same scoring path as ``--predictions FILE`` (MMBench: TSV, XLSX or JSONL with ``index, prediction``;
+MMMU: the official JSON ``{id: response}``). The output directory gets ``scores.json`` (when the data has
+answers), the per-row file (``predictions.tsv`` / ``predictions.jsonl``), MMMU's ``submission.json`` for
+rows with hidden answers, and ``run_info.json`` (model path, data sha256, prompt version, generation
+settings, package versions).
 """
 from __future__ import annotations
 
 import argparse
-from typing import Dict, Mapping, Union
+import logging
+import os
+import sys
+from typing import Any, Dict, Mapping, Optional, Union
 
 from mllm.registry import Registry
 
 NAME = "eval"
-HELP = "score MMBench or MMMU predictions (model runs come later)"
+HELP = "run a model on MMBench or MMMU, or score existing predictions"
 DESCRIPTION = __doc__
 
 BENCHMARKS: Registry = Registry("benchmark")
 
 
-class ModelRunNotAvailable(NotImplementedError, ValueError):
-    """Running a checkpoint inside ``mllm eval`` is not built yet (a ValueError so the CLI prints one line)."""
+def _setup_logging(rank: int) -> None:
+    level = logging.INFO if rank == 0 else logging.WARNING
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format=f"[rank{rank}] %(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("mllm").setLevel(level)
 
 
-def run_model_predictions(args: argparse.Namespace) -> Mapping[Union[int, str], str]:
-    """Predictions of the checkpoint ``args.model`` on ``args.data``: ``{index or id: response}``.
+def run_model_predictions(args: argparse.Namespace, rows: Any = None) -> Optional[Mapping[Union[int, str], str]]:
+    """Predictions of the checkpoint ``args.model`` on ``rows`` (loaded from ``args.data`` when None):
+    ``{index or id: response}`` on rank 0, None on the other ranks (they have nothing left to do).
 
-    The hook for batched inference; everything after it (scoring, reports) is already shared with
-    ``--predictions``.
+    Generation details (settings, rate, rows that could not be run) are left in ``args._generation`` for
+    ``run_info.json``; the distributed context in ``args._dist`` (``run`` tears it down).
     """
-    raise ModelRunNotAvailable(
-        f"running a model (--model {args.model}) is not available yet; generate predictions and pass "
-        "them with --predictions FILE")
+    from eval.report import sha256_of
+    from eval.runner import BatchGenerator, init_distributed, load_model, model_fingerprint
+
+    ctx = init_distributed()
+    args._dist = ctx
+    _setup_logging(ctx.rank)
+    if args.benchmark == "mmbench":
+        from eval.mmbench.prompt import PROMPT_VERSION
+        from eval.mmbench.run import predict_mmbench as predict
+
+        if rows is None:
+            from eval.mmbench.data import load_mmbench_tsv
+
+            rows = load_mmbench_tsv(args.data)
+    else:
+        from eval.mmmu.prompt import PROMPT_VERSION
+        from eval.mmmu.run import predict_mmmu as predict
+
+        if rows is None:
+            from eval.mmmu.data import load_mmmu
+
+            rows = load_mmmu(args.data, split=args.split)
+    model = load_model(args.model, device=args.device, bf16=args.bf16)
+    generator = BatchGenerator(model, max_new_tokens=args.max_new_tokens)
+    dtype = str(model.llm.get_input_embeddings().weight.dtype).replace("torch.", "")
+    # what must match for a rerun to resume this directory's predictions (batch size and ranks need not)
+    fingerprint = {"benchmark": args.benchmark, "model": model_fingerprint(args.model),
+                   "data_sha256": sha256_of(args.data), "split": getattr(args, "split", None),
+                   "prompt_version": PROMPT_VERSION, "chat_template": generator.template_name,
+                   "max_new_tokens": args.max_new_tokens, "dtype": dtype}
+    outcome = predict(generator, rows, args.out, batch_size=args.batch_size, ctx=ctx,
+                      fingerprint=fingerprint, overwrite=args.overwrite, strict=args.strict)
+    args._generation = {"chat_template": generator.template_name, "dtype": dtype, "device": str(model.device),
+                        **outcome.stats, "row_errors": {str(k): v for k, v in outcome.errors.items()}}
+    if outcome.errors:
+        logging.getLogger("mllm.eval").warning(
+            "%d row(s) could not be run and count as wrong (see run_info.json row_errors), e.g. %s",
+            len(outcome.errors), next(iter(outcome.errors.items())))
+    return outcome.predictions
 
 
 def _add_common(p: argparse.ArgumentParser, predictions_help: str) -> None:
     p.add_argument("--data", required=True, help="benchmark data file or folder")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--predictions", help=predictions_help)
-    source.add_argument("--model", help="checkpoint directory to run (not available yet)")
+    source.add_argument("--model", help="checkpoint directory to run (mllm save_pretrained layout)")
     p.add_argument("--out", required=True, help="output directory")
+    g = p.add_argument_group("running a model (--model)")
+    g.add_argument("--batch-size", type=int, default=8, help="questions per generate call (default: 8)")
+    g.add_argument("--max-new-tokens", type=int, default=16, help="tokens generated per answer (default: 16)")
+    g.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (under torchrun, cuda = the local rank's GPU)")
+    g.add_argument("--bf16", action="store_true", help="cast the model to bfloat16")
+    g.add_argument("--overwrite", action="store_true",
+                   help="discard predictions already in --out instead of resuming them")
+    g.add_argument("--strict", action="store_true",
+                   help="stop at the first row that cannot be run (default: count it as wrong and go on)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     p = sub.add_parser("mmbench", help="MMBench TSV, CircularEval + vanilla accuracy",
-                       description="Score MMBench predictions with VLMEvalKit's exact matching and CircularEval.")
+                       description="Run a model on MMBench, or score predictions, with VLMEvalKit's exact "
+                                   "matching and CircularEval.")
     _add_common(p, "predictions as .tsv, .xlsx or .jsonl with columns index, prediction")
     p = sub.add_parser("mmmu", help="MMMU parquet / datasets folder, official parsing",
-                       description="Score MMMU responses with the official MMMU parsing and matching.")
+                       description="Run a model on MMMU, or score responses, with the official MMMU parsing "
+                                   "and matching.")
     _add_common(p, "official output JSON: {question id: response}")
     p.add_argument("--split", default=None, help="dev | validation | test (default: every row found)")
     p.add_argument("--seed", type=int, default=42,
@@ -71,14 +132,17 @@ def _run_mmbench(args: argparse.Namespace) -> int:
         predictions: Dict[int, str] = load_predictions(args.predictions)
         source = args.predictions
     else:
-        predictions = {int(k): v for k, v in run_model_predictions(args).items()}
+        ran = run_model_predictions(args, data)
+        if ran is None:
+            return 0  # not rank 0: rank 0 scores the merged predictions
+        predictions = {int(k): v for k, v in ran.items()}
         source = f"model {args.model}"
     result = score_mmbench(data, predictions, source=source)
     write_mmbench_outputs(data, result, args.out)
     write_run_info(args.out, benchmark="mmbench", data_path=args.data, prompt_version=PROMPT_VERSION,
                    predictions_path=args.predictions, model_path=args.model,
                    extra={"counts": result.counts, "missing_prediction_indices": result.missing,
-                          "orphan_row_indices": result.orphans})
+                          "orphan_row_indices": result.orphans, **_generation_info(args)})
     print(format_mmbench_table(result))
     print(f"wrote {args.out}")
     return 0
@@ -96,18 +160,40 @@ def _run_mmmu(args: argparse.Namespace) -> int:
         predictions: Dict[str, str] = load_mmmu_predictions(args.predictions)
         source = args.predictions
     else:
-        predictions = {str(k): v for k, v in run_model_predictions(args).items()}
+        ran = run_model_predictions(args, rows)
+        if ran is None:
+            return 0  # not rank 0: rank 0 scores the merged predictions
+        predictions = {str(k): v for k, v in ran.items()}
         source = f"model {args.model}"
     result = score_mmmu(rows, predictions, seed=args.seed, source=source)
     write_mmmu_outputs(result, args.out)
     write_run_info(args.out, benchmark="mmmu", data_path=args.data, prompt_version=PROMPT_VERSION,
                    predictions_path=args.predictions, model_path=args.model,
                    extra={"split": args.split, "seed": args.seed, "counts": result.counts,
-                          "missing_prediction_ids": result.missing})
+                          "missing_prediction_ids": result.missing, **_generation_info(args)})
     print(format_mmmu_table(result))
     print(f"wrote {args.out}")
     return 0
 
 
+def _generation_info(args: argparse.Namespace) -> Dict[str, Any]:
+    """run_info.json fields of a model run: generation settings, rate, rows that could not be run."""
+    if getattr(args, "_generation", None) is None:
+        return {}
+    gen = dict(args._generation)
+    return {"generation": gen, "row_errors": gen.pop("row_errors")}
+
+
 def run(args: argparse.Namespace) -> int:
-    return BENCHMARKS.get(args.benchmark)(args)
+    code = BENCHMARKS.get(args.benchmark)(args)
+    ctx = getattr(args, "_dist", None)
+    if ctx is not None and ctx.owns_group:
+        from eval.runner import shutdown_distributed
+
+        shutdown_distributed(ctx)
+        # gloo sometimes aborts in its exit-time destructors after all work is done (ENVIRONMENT.md);
+        # leaving without them keeps the exit status honest
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
