@@ -166,3 +166,16 @@ def test_config_errors_are_clear(tmp_path):
     y.write_text("stage: align\noutput_dir: out\nmodel: tiny\nbatch: 3\n")
     with pytest.raises(ValueError, match=r"c.yaml: unknown training config field\(s\) \['batch'\]"):
         TrainConfig.load(str(y))
+
+
+def test_bf16_accumulation_checkpointing_and_tensorboard(world, tmp_path):
+    cfg, summary = _run(world, tmp_path, "multitask", "vqa_train.json", bf16=True, gradient_accumulation_steps=2,
+                        gradient_checkpointing=True, report_to=["tensorboard"],
+                        modules={"vision": {"mode": "full", "lr": 1e-3}})
+    assert summary["steps"] == 2
+    tb = os.path.join(cfg.output_dir, "tensorboard")
+    assert any(f.startswith("events.out.tfevents") for _, _, fs in os.walk(tb) for f in fs)
+    logged = [json.loads(line) for line in open(os.path.join(cfg.output_dir, "metrics.jsonl"))]
+    assert any("tokens_per_s" in r for r in logged)
+    ch = changed_prefixes(weights(world["start"]), weights(cfg.output_dir))
+    assert all(ch.values())

@@ -98,8 +98,8 @@ def _training_args(cfg: TrainConfig, ds_path: Optional[str]):
     from transformers import TrainingArguments
 
     cuda = torch.cuda.is_available()
-    # TensorBoard (report_to: [tensorboard]) writes under output_dir/runs unless this is set
-    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", os.path.join(cfg.output_dir, "tensorboard"))
+    # TensorBoard (report_to: [tensorboard]) logs into each stage's own output_dir/tensorboard
+    os.environ["TENSORBOARD_LOGGING_DIR"] = os.path.join(cfg.output_dir, "tensorboard")
     return TrainingArguments(
         output_dir=cfg.output_dir,
         per_device_train_batch_size=cfg.per_device_train_batch_size,
