@@ -99,6 +99,10 @@ class ModelConfig:
     def from_dict(cls, data: Dict[str, Any]) -> "ModelConfig":
         return _from_dict(cls, data, path="")
 
+    def to_json_string(self) -> str:
+        """JSON text (what loggers such as transformers' TensorBoard callback record for a model's config)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
     def save(self, path: str) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w") as f:
