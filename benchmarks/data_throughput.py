@@ -8,7 +8,7 @@ Run from the repository root::
 Without ``--data`` a Shapes world with ``--images`` train images (48-400 px, aspect ratios 1:3 to 3:1)
 is generated into a temporary folder; ``--file`` picks which of its LLaVA JSON files to read. The model
 of ``--preset`` is built with random weights only for its tokenizer, chat template and image geometry
-(the tiny preset: 64 px tiles, AnyRes up to 3x1 / 2x2). For each ``--workers`` value, one warm-up epoch,
+(the tiny preset: 48 px tiles, AnyRes up to 3x1 / 2x2). For each ``--workers`` value, one warm-up epoch,
 then ``--repeats`` timed epochs (persistent workers) through ``DataLoader(MultimodalDataset, LengthGroupedSampler,
 PaddingCollator)`` (``--pack``: ``PackingCollator``); it prints a table of samples/s, tokens/s and tiles/s
 (median of the repeats), and a single-process breakdown of where the time goes per sample.
