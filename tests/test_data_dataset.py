@@ -106,7 +106,8 @@ def test_preflight_counts_bad_records_and_fails_when_none_build(tmp_path):
 
 def test_shapes_world_end_to_end(tmp_path):
     """The embedded default: Shapes LLaVA JSON -> dataset -> sampler -> loader -> model loss."""
-    shapes = pytest.importorskip("data_pipelines.shapes")
+    from data_pipelines import shapes
+
     shapes.make_shapes(str(tmp_path / "shapes"), seed=0, n_train=6, n_test=2)
     model = tiny_model()
     for name in ("captions_train.json", "vqa_train.json", "instruct_train.json"):

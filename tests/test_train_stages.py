@@ -91,7 +91,6 @@ def test_instruct_lora_kept_equals_merged(world, tmp_path):
 
 
 def test_instruct_qlora_bitsandbytes_4bit(world, tmp_path):
-    pytest.importorskip("bitsandbytes")
     cfg, summary = _run(world, tmp_path, "instruct", "instruct_train.json", modules={"llm": {"mode": "qlora"}},
                         lora={"r": 4, "alpha": 8, "dropout": 0.0})
     assert summary["steps"] == 2
