@@ -9,7 +9,6 @@ LoRA and QLoRA go through peft (QLoRA: the LLM is reloaded 4-bit with bitsandbyt
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from typing import Dict, List
 
