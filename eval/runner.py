@@ -114,7 +114,9 @@ class BatchGenerator:
         tok = self.tokenizer
         if tok.pad_token_id is None:
             raise ValueError("the model's tokenizer has no pad token; batched generation needs one")
-        self.stop_ids = _stop_ids(tok, self.template.end_of_turn(tok.eos_token or ""))
+        from mllm.chat import stop_token_ids  # one definition of "when does an answer end", shared with chat
+
+        self.stop_ids = stop_token_ids(tok, self.template.end_of_turn(tok.eos_token or ""))
         self.max_length = int(getattr(model.llm.config, "max_position_embeddings", 0) or 0)
         self.share_prefixes = share_prefixes
         self.prompt_tokens = 0
@@ -303,19 +305,6 @@ def _prefix_groups(rows: Sequence[Encoded]) -> List[Tuple[List[int], int]]:
         else:
             groups += [([r], len(rows[r].ids) - 1) for r in members]
     return groups
-
-
-def _stop_ids(tok, end_of_turn: str) -> List[int]:
-    """EOS, plus the template's end-of-turn token when it is a different single token (``<|im_end|>``)."""
-    stops = [tok.eos_token_id] if tok.eos_token_id is not None else []
-    if end_of_turn:
-        ids = tok.encode(end_of_turn, add_special_tokens=False)
-        if len(ids) == 1 and ids[0] not in stops:
-            stops.append(ids[0])
-    if not stops:
-        raise ValueError("the tokenizer has no EOS token and the chat template no single end-of-turn token: "
-                         "generation would never stop early")
-    return stops
 
 
 def load_model(path: str, device: str = "cpu", bf16: bool = False):
