@@ -32,3 +32,17 @@ def tiny_tokenizer():
     from mllm.tokenizer import train_tiny_tokenizer
 
     return train_tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: thread start-up and spinning cost more than they save (also in subprocesses they start)."""
+    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    yield
+    torch.set_num_threads(threads)
+    if env is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = env

@@ -90,3 +90,12 @@ def check_select_strategy(select_strategy: str, has_cls: bool, tower: str) -> No
     if select_strategy == "default" and not has_cls:
         raise ValueError(f"vision.select_strategy 'default' drops the CLS token, but {tower} has no CLS token: "
                          f"it would silently drop a real image patch. Use select_strategy 'full'.")
+
+
+def jsonable(x):
+    """Lists/tuples -> lists, dict keys -> str, recursively: the form a config takes after a JSON round trip."""
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    return x

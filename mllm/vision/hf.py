@@ -28,7 +28,7 @@ from transformers import (CLIPVisionConfig, CLIPVisionModel, PretrainedConfig, P
 from transformers.utils import cached_file
 
 from ..config import VisionConfig
-from .base import VisionTower, check_select_strategy, resolve_feature_layers
+from .base import VisionTower, check_select_strategy, jsonable as _jsonable, resolve_feature_layers
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -189,14 +189,6 @@ def _pick_norm(explicit: Dict[str, Any], loaded, default_mean, default_std):
         if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)):
             raise ValueError(f"vision.config.{name} must be 3 numbers (RGB, 0-1 scale), got {v!r}")
     return mean, std
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    return x
 
 
 __all__: List[str] = ["HFVisionTower", "build_hf_tower", "build_hf_clip", "build_hf_siglip", "arch_dict",

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from ..config import VisionConfig
-from .base import VisionTower, check_select_strategy, resolve_feature_layers
+from .base import VisionTower, check_select_strategy, jsonable as _jsonable, resolve_feature_layers
 
 _CONFIG_KEYS = ("model_name", "vision_cfg", "timm_model_args", "text_cfg", "embed_dim", "quick_gelu",
                 "pretrained_tag", "image_mean", "image_std")
@@ -258,14 +258,6 @@ def _mapping(conf: Dict[str, Any], key: str) -> Dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"vision.config.{key} must be a mapping, got {type(value).__name__}")
     return dict(value)
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    return x
 
 
 __all__ = ["OpenCLIPVisionTower", "build_open_clip"]
