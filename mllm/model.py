@@ -6,13 +6,20 @@
     ids = model.generate(input_ids, attention_mask, pixel_values=..., image_sizes=..., max_new_tokens=16)
     model.save_pretrained("ckpt"); MultimodalLM.from_pretrained("ckpt")
 
+Image generation (optional DiT head, ``mllm.gen``; ``config.gen_head`` set -> ``model.gen_head``):
+
+    model.add_gen_head({"num_queries": 16, "dit": "tiny"})       # a fresh head on a loaded model
+    ids, mask = model.gen_prompt_inputs(["a red circle at the top"])   # left-padded, BOS first
+    loss = model(ids, mask, gen_images=images)["loss"]           # the gen stage's objective
+    images = model.generate_images(["a red circle at the top"], steps=20, cfg_scale=3.0, seed=0)
+
 Images are given flat for the whole batch, in the order their ``<image>`` runs appear (row by row, left
 to right); each image's tokens form one contiguous run of ``geometry.num_image_tokens(hw)`` ids.
 """
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -26,13 +33,15 @@ from .vision import build_vision_tower
 
 
 class MultimodalLM(nn.Module):
-    def __init__(self, config: ModelConfig, vision_tower, connector, llm, tokenizer):
+    def __init__(self, config: ModelConfig, vision_tower, connector, llm, tokenizer, gen_head=None):
         super().__init__()
         self.config = config
         self.vision_tower = vision_tower
         self.connector = connector
         self.llm = llm
         self.tokenizer = tokenizer
+        # the image-generation head (mllm.gen.head.GenHead) or None; its weights live under "gen_head."
+        self.gen_head = gen_head
         self.image_token_id = tokenizer.convert_tokens_to_ids(config.image_token)
         if config.image.size is not None and config.image.size != vision_tower.image_size:
             raise ValueError(f"image.size={config.image.size} but the vision tower takes "
@@ -67,7 +76,19 @@ class MultimodalLM(nn.Module):
         connector = build_connector(config.connector, in_dim=tower.hidden_size, out_dim=llm.config.hidden_size)
         dtype = llm.get_input_embeddings().weight.dtype
         connector.to(dtype)
-        return cls(config, tower, connector, llm, tokenizer)
+        gen_head = _build_gen_head(config.gen_head, llm, dtype) if config.gen_head else None
+        return cls(config, tower, connector, llm, tokenizer, gen_head=gen_head)
+
+    def add_gen_head(self, cfg: Optional[Dict[str, Any]] = None):
+        """Attach a freshly initialised image-generation head (``mllm.gen.head.GenHeadConfig`` fields; None =
+        its defaults) and record its resolved config in ``self.config.gen_head``; returns the head."""
+        if self.gen_head is not None:
+            raise ValueError("the model already has an image-generation head (config.gen_head is set); "
+                             "train it further instead of adding another")
+        head = _build_gen_head(cfg or {}, self.llm, self.llm.get_input_embeddings().weight.dtype)
+        self.gen_head = head.to(self.device)
+        self.config.gen_head = head.config.to_dict()
+        return head
 
     @classmethod
     def from_pretrained(cls, path: str, **kwargs) -> "MultimodalLM":
@@ -159,7 +180,18 @@ class MultimodalLM(nn.Module):
     # ---- LM -----------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 pixel_values: Optional[torch.Tensor] = None, image_sizes: Optional[torch.Tensor] = None,
-                labels: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None, **kwargs):
+                labels: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
+                gen_images: Optional[torch.Tensor] = None, **kwargs):
+        """The LM's output; with ``gen_images`` (B, 3, H, W) in [0, 1] instead ``{"loss": flow loss}`` of the
+        generation head for the prompts ``input_ids`` (left-padded). The gen path goes through ``forward``
+        so that DDP / DeepSpeed wrappers see it like any other step."""
+        if gen_images is not None:
+            if self.gen_head is None:
+                raise ValueError("gen_images given but the model has no image-generation head (config.gen_head "
+                                 "is unset; add one with add_gen_head or train the 'gen' stage)")
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            return {"loss": self.gen_head.loss(self, input_ids, attention_mask, gen_images)}
         embeds = self.embed_inputs(input_ids, pixel_values, image_sizes)
         if labels is not None:
             # image positions never carry a target, whatever the caller built
@@ -183,7 +215,54 @@ class MultimodalLM(nn.Module):
         generate_kwargs.setdefault("do_sample", False)
         return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
 
+    # ---- image generation ---------------------------------------------------------------------------
+    def gen_prompt_inputs(self, prompts: Sequence[str]):
+        """Prompts -> (input_ids, attention_mask) (B, L) for the generation head: BOS + the text's tokens,
+        left-padded (the head appends its queries after the last real token). The same ids training saw."""
+        rows = [gen_prompt_ids(self.tokenizer, p) for p in prompts]
+        ids, mask = pad_left(rows, self.tokenizer.pad_token_id)
+        return ids.to(self.device), mask.to(self.device)
+
+    @torch.no_grad()
+    def generate_images(self, prompts: Sequence[str], *, steps: int = 20, cfg_scale: float = 3.0,
+                        seed: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1] for ``prompts``; the same ``seed`` gives the same images."""
+        if self.gen_head is None:
+            raise ValueError("this model has no image-generation head (config.gen_head is unset): train the "
+                             "'gen' stage on it first (mllm train --stage gen)")
+        if generator is None and seed is not None:
+            generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        ids, mask = self.gen_prompt_inputs(prompts)
+        return self.gen_head.sample(self, ids, mask, steps=steps, cfg_scale=cfg_scale, generator=generator)
+
     def gradient_checkpointing_enable(self, vision: bool = True) -> None:
         self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if vision:
             self.vision_tower.gradient_checkpointing_enable()
+
+
+# ---- generation-head helpers (plain functions: the gen data pipeline tokenises the same way) ----------
+def _build_gen_head(cfg: Dict[str, Any], llm, dtype: torch.dtype):
+    from .gen.head import GenHead, GenHeadConfig
+
+    head_cfg = cfg if isinstance(cfg, GenHeadConfig) else GenHeadConfig.from_dict(dict(cfg))
+    return GenHead(head_cfg, llm.config.hidden_size).to(dtype)
+
+
+def gen_prompt_ids(tokenizer, prompt: str) -> List[int]:
+    """BOS + the prompt's tokens (no chat template: the head reads a plain description)."""
+    ids = tokenizer.encode(prompt, add_special_tokens=False)
+    bos = tokenizer.bos_token_id
+    return ([bos] if bos is not None else []) + list(ids)
+
+
+def pad_left(rows: Sequence[Sequence[int]], pad_id: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Token rows -> (ids, mask) (B, L_max), real tokens at the right end."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
+            mask[i, width - len(r):] = 1
+    return ids, mask

@@ -25,5 +25,13 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     summary = json.loads((out / "demo_summary.json").read_text())
     assert summary["circular_accuracy"] == scores["circular"]["Overall"]
     assert [s["step"] for s in summary["steps"]][:2] == ["make Shapes world", "encoder pretraining"]
+    # the generation step: a gen-stage checkpoint, the metrics file with the keys, the sample grid
+    assert (out / "gen" / "model.safetensors").exists()
+    gen = json.loads((out / "generation_metrics.json").read_text())
+    for key in ("colour_shape_accuracy", "colour_accuracy", "shape_accuracy", "position_accuracy", "fd",
+                "fd_real_vs_real"):
+        assert isinstance(gen[key], float), key
+    assert summary["generation"]["colour_shape_accuracy"] == gen["colour_shape_accuracy"]
+    assert (out / "generation_samples.png").exists()
     printed = capsys.readouterr().out
-    assert "circular accuracy" in printed and "train: instruct" in printed
+    assert "circular accuracy" in printed and "train: instruct" in printed and "generation" in printed

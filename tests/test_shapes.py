@@ -314,6 +314,37 @@ def test_multiple_choice_training_records_use_the_mmbench_prompt(data):
     assert len(letters) >= 3 and set(n_options) >= {2, 3} and 0 < hints < len(records)
 
 
+
+def test_dialog_records_ask_everything_and_answer_truthfully(data):
+    """vqa_dialog_train.json: one record per train image holding every applicable question; open answers
+    are true, multiple-choice turns use the MMBench prompt and answer with the text of the right option
+    (which the harness's text matching maps to exactly one letter)."""
+    from eval.mmbench.extract import extract_choice
+
+    scenes = {s.image: s for s in _scenes(data, "train")}
+    records = _llava(data, "vqa_dialog_train.json")
+    assert len(records) == N_TRAIN
+    n_mc = n_open = 0
+    for rec in records:
+        conv = rec["conversations"]
+        assert conv[0]["value"].startswith("<image>\n") and all("<image>" not in t["value"] for t in conv[1:])
+        assert len(conv) >= 2 * 8  # a dozen questions per image, give or take
+        for human, gpt in zip(conv[0::2], conv[1::2]):
+            question, answer = human["value"].removeprefix("<image>\n"), gpt["value"]
+            if question.startswith(("Question: ", "Hint: ")):
+                row = _parse_mc_prompt(question)
+                options = {c: row[c] for c in "ABCD" if c in row}
+                letter = extract_choice(answer, options)
+                assert letter, (rec["id"], answer, options)
+                if answer != letter:  # the option's text, unless that text would read as another letter
+                    assert options[letter] == answer, (rec["id"], answer, options)
+                assert _check(row["question"], options[letter], scenes[rec["image"]]), (rec["id"], question)
+                n_mc += 1
+            else:
+                assert _check(question, answer, scenes[rec["image"]]), (rec["id"], question)
+                n_open += 1
+    assert n_mc > 0 and n_open > 0
+
 def test_llava_records_images_exist_and_tokens_match(data):
     seen_ids = set()
     kinds = Counter()

@@ -151,7 +151,7 @@ def test_crash_while_saving_leaves_previous_checkpoint_usable(world, tmp_path, m
 
 
 def test_config_errors_are_clear(tmp_path):
-    with pytest.raises(ValueError, match="unknown stage 'pretrain'; known: align, instruct, multitask"):
+    with pytest.raises(ValueError, match="unknown stage 'pretrain'; known: align, gen, instruct, multitask"):
         TrainConfig.from_dict({"stage": "pretrain", "output_dir": "x", "model": "tiny"})
     with pytest.raises(ValueError, match="set 'init_from'"):
         TrainConfig.from_dict({"stage": "align", "output_dir": "x"})
@@ -178,3 +178,20 @@ def test_bf16_accumulation_checkpointing_and_tensorboard(world, tmp_path):
     assert any("tokens_per_s" in r for r in logged)
     ch = changed_prefixes(weights(world["start"]), weights(cfg.output_dir))
     assert all(ch.values())
+
+
+def test_encoder_pretraining_pools_every_tile_of_an_image():
+    """views="tiles": an image's embedding is the mean over all its AnyRes tiles' pooled features."""
+    import torch
+
+    from train_stages.encoder_pretrain import ImageHead, TileBank
+
+    tiles = [torch.randn(n, 3, 4, 4) for n in (1, 3, 2)]
+    bank = TileBank(tiles)
+    batch, owner = bank.batch(torch.tensor([2, 0]))
+    assert torch.equal(batch, torch.cat([tiles[2], tiles[0]])) and owner.tolist() == [0, 0, 1]
+    head = ImageHead(5, 2)
+    feats = torch.randn(3, 7, 5)  # (tiles, patches, C)
+    got = head(feats, owner, 2)
+    want = head.proj(head.norm(torch.stack([feats[:2].mean((0, 1)), feats[2].mean(0)])))
+    assert torch.allclose(got, want, atol=1e-6)

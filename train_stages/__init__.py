@@ -1,4 +1,4 @@
-"""Training stages: align -> multitask -> instruct (and the tiny preset's encoder pretraining).
+"""Training stages: align -> multitask -> instruct -> gen (and the tiny preset's encoder pretraining).
 
     mllm train --stage align --config configs/align.yaml
     torchrun --nproc_per_node 8 -m train_stages.align --config configs/align.yaml

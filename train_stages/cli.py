@@ -9,7 +9,7 @@ from typing import List, Optional
 
 def add_arguments(p: argparse.ArgumentParser, stage: Optional[str] = None) -> None:
     if stage is None:
-        p.add_argument("--stage", required=True, help="align | multitask | instruct | encoder")
+        p.add_argument("--stage", required=True, help="align | multitask | instruct | gen | encoder")
     p.add_argument("--config", required=True, help="training config YAML (see README: Training)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set max_steps=100 --set modules.llm.mode=lora")

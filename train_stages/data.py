@@ -4,6 +4,9 @@ The sampler yields the *global* order (modality- and length-grouped, seeded per 
 DataLoader wrapper deals consecutive batches to the ranks, so every batch keeps one modality and the
 Trainer's resume (replaying the seeded order and skipping the consumed batches) lands exactly where the
 interrupted run stopped.
+
+Stages whose ``objective`` is "gen" read prompt/image pairs instead (``train_stages.gen_data``): every
+source is a gen JSON list (format "gen"), concatenated in order; the Trainer's own seeded sampler shuffles.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from data_pipelines.preflight import preflight
 from data_pipelines.records import SkipStats
 from data_pipelines.sampler import LengthGroupedSampler
 
+from .gen_data import GenCollator, GenDataset, gen_preflight, read_gen_records
 from .specs import TrainConfig
 
 log = logging.getLogger("mllm.train")
@@ -31,6 +35,10 @@ class TrainingData:
     skip_stats: SkipStats
 
     def preflight(self, num_samples: int = 64) -> Dict[str, Any]:
+        if isinstance(self.dataset, GenDataset):
+            report = gen_preflight(self.dataset, num_samples)
+            log.info("preflight over the first gen samples: %s", report)
+            return report
         indices = list(iter(self.sampler))[:num_samples] if self.sampler is not None else None
         report = preflight(self.dataset, indices=indices, num_samples=num_samples)
         log.info("preflight over the first %d samples: %s", report["checked"], report)
@@ -43,7 +51,13 @@ class TrainingData:
 def build_training_data(cfg: TrainConfig, model) -> TrainingData:
     if not cfg.data:
         raise ValueError(f"stage {cfg.stage!r}: 'data' lists no sources")
-    spec = MixtureSpec(sources=[SourceSpec(path=s.path, format=s.format, image_root=s.image_root,
+    if cfg.spec.objective == "gen":
+        return build_gen_data(cfg, model)
+    bad = [s.path for s in cfg.data if s.format == "gen"]
+    if bad:
+        raise ValueError(f"stage {cfg.stage!r} trains on conversations, but data source(s) {bad} have format "
+                         f"'gen' (prompt/image pairs are for the 'gen' stage)")
+    spec = MixtureSpec(sources=[SourceSpec(path=s.path, format=s.format or "llava", image_root=s.image_root,
                                            weight=s.weight, max_samples=s.max_samples) for s in cfg.data],
                        seed=cfg.seed)
     stats = SkipStats()
@@ -62,3 +76,21 @@ def build_training_data(cfg: TrainConfig, model) -> TrainingData:
     if stats.as_dict().get("total"):
         stats.log(log)
     return TrainingData(dataset=dataset, collator=collator, sampler=sampler, skip_stats=stats)
+
+
+def build_gen_data(cfg: TrainConfig, model) -> TrainingData:
+    if model.gen_head is None:
+        raise ValueError(f"stage {cfg.stage!r} trains the image-generation head, but the model has none")
+    stats = SkipStats()
+    records = []
+    for s in cfg.data:
+        if (s.format or "gen") != "gen":
+            raise ValueError(f"stage {cfg.stage!r} reads prompt/image pairs (format 'gen'); data source {s.path!r} "
+                             f"has format {s.format!r}")
+        records += read_gen_records(s.path, strict=cfg.strict_data, stats=stats, max_samples=s.max_samples)
+    dataset = GenDataset(records, model.tokenizer, model.gen_head.config.image_size, strict=cfg.strict_data,
+                         stats=stats)
+    if stats.total:
+        stats.log(log)
+    return TrainingData(dataset=dataset, collator=GenCollator(model.tokenizer.pad_token_id, report_skips=True),
+                        sampler=None, skip_stats=stats)

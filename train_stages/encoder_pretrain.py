@@ -1,7 +1,10 @@
 """Encoder pretraining for presets without a pretrained tower (``tiny``): CLIP-style contrastive training.
 
-The tower's selected features (the ones the connector will see) are mean-pooled and projected; a small
-text transformer encodes the captions; open_clip's ``ClipLoss`` pulls matching pairs together. The
+The tower's selected features (the ones the connector will see) are mean-pooled over every AnyRes tile of
+an image (``views="tiles"``, the default: the base view and the high-resolution tiles, so the tower learns
+what small shapes look like at the scale the LLM will see them) or over the base view only
+(``views="base"``), and projected; a small text transformer encodes the captions; open_clip's ``ClipLoss``
+pulls matching pairs together. The
 output is a full checkpoint of the preset with the trained tower (connector and LLM still random), ready
 to be the ``init_from`` of the align stage.
 
@@ -43,6 +46,7 @@ class EncoderPretrainConfig:
     max_text_len: int = 48
     seed: int = 0
     num_threads: Optional[int] = None
+    views: str = "tiles"  # "tiles": every AnyRes tile of an image; "base": the whole image at tile size only
 
 
 class TextEncoder(nn.Module):
@@ -72,8 +76,28 @@ class ImageHead(nn.Module):
         self.norm = nn.LayerNorm(in_dim)
         self.proj = nn.Linear(in_dim, out_dim, bias=False)
 
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.norm(feats.mean(1)))  # (N, T, C) -> (N, out_dim)
+    def forward(self, feats: torch.Tensor, owner: Optional[torch.Tensor] = None, n: int = 0) -> torch.Tensor:
+        pooled = feats.mean(1)  # (tiles, T, C) -> (tiles, C)
+        if owner is not None:  # average the tiles of each image: (tiles, C) -> (n, C)
+            summed = torch.zeros(n, pooled.shape[1], dtype=pooled.dtype).index_add_(0, owner, pooled)
+            pooled = summed / torch.bincount(owner, minlength=n).clamp(min=1).unsqueeze(1).to(pooled.dtype)
+        return self.proj(self.norm(pooled))  # (n, out_dim)
+
+
+class TileBank:
+    """Every image's tiles in one flat tensor, with offsets: ``batch(idx)`` gives the tiles of those images
+    and, per tile, the position of its image in ``idx``."""
+
+    def __init__(self, tiles: List[torch.Tensor]):
+        self.flat = torch.cat(tiles)  # (total tiles, 3, S, S)
+        counts = torch.tensor([t.shape[0] for t in tiles])
+        self.start = torch.cumsum(counts, 0) - counts
+        self.count = counts
+
+    def batch(self, idx: torch.Tensor):
+        rows = torch.cat([torch.arange(int(self.start[i]), int(self.start[i] + self.count[i])) for i in idx])
+        owner = torch.repeat_interleave(torch.arange(len(idx)), self.count[idx])
+        return self.flat[rows], owner
 
 
 def _load_pairs(path: str, image_root: Optional[str]):
@@ -104,11 +128,20 @@ def pretrain_encoder(cfg: EncoderPretrainConfig, progress: bool = True) -> dict:
     mcfg = apply_overrides(get_preset(cfg.model), cfg.model_overrides)
     model = MultimodalLM.build(mcfg)
     tower, tok = model.vision_tower, model.tokenizer
-    # the base tile of the AnyRes processor = the whole image at tile size, as the tower will see it
-    base = AnyResImageProcessor(tower.image_size, [], mcfg.image.mean, mcfg.image.std)
+    if cfg.views not in ("tiles", "base"):
+        raise ValueError(f"encoder pretraining: views must be 'tiles' or 'base', got {cfg.views!r}")
+    if cfg.views == "tiles":  # exactly the tiles the connector will get
+        proc = AnyResImageProcessor.from_config(mcfg)
+    else:  # the base tile of the AnyRes processor = the whole image at tile size
+        proc = AnyResImageProcessor(tower.image_size, [], mcfg.image.mean, mcfg.image.std)
     pairs = _load_pairs(cfg.data, cfg.image_root)
     t0 = time.time()
-    pixels = torch.stack([base.process(load_image(p))[0][0] for p, _ in pairs])  # (N, 3, S, S)
+    bank = TileBank([proc.process(load_image(p))[0] if cfg.views == "tiles" else proc.process(load_image(p))[0][:1]
+                     for p, _ in pairs])
+
+    def embed_images(idx: torch.Tensor) -> torch.Tensor:
+        tiles, owner = bank.batch(idx)
+        return nn.functional.normalize(head(tower(tiles), owner, len(idx)), dim=-1)
     enc = [tok.encode(c, add_special_tokens=False)[: cfg.max_text_len - 1] + [tok.eos_token_id] for _, c in pairs]
     ids = torch.full((len(enc), cfg.max_text_len), tok.pad_token_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -135,7 +168,7 @@ def pretrain_encoder(cfg: EncoderPretrainConfig, progress: bool = True) -> dict:
         running = 0.0
         for s in range(steps_per_epoch):
             idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-            img = nn.functional.normalize(head(tower(pixels[idx])), dim=-1)
+            img = embed_images(idx)
             txt = nn.functional.normalize(text(ids[idx], mask[idx]), dim=-1)
             loss = loss_fn(img, txt, logit_scale.exp().clamp(max=100))
             opt.zero_grad(set_to_none=True)
@@ -152,7 +185,7 @@ def pretrain_encoder(cfg: EncoderPretrainConfig, progress: bool = True) -> dict:
     with torch.no_grad():
         hits = n = 0
         for s in range(0, len(pairs) - 63, 64):
-            img = nn.functional.normalize(head(tower(pixels[s:s + 64])), dim=-1)
+            img = embed_images(torch.arange(s, s + 64))
             txt = nn.functional.normalize(text(ids[s:s + 64], mask[s:s + 64]), dim=-1)
             hits += int((img @ txt.T).argmax(1).eq(torch.arange(64)).sum())
             n += 64
@@ -160,7 +193,8 @@ def pretrain_encoder(cfg: EncoderPretrainConfig, progress: bool = True) -> dict:
     model.save_pretrained(cfg.output_dir)
     summary = {"stage": "encoder", "epochs": cfg.epochs, "steps": total, "loss_first_epoch": history[0],
                "loss_last_epoch": history[-1], "retrieval_top1_in_64": hits / max(n, 1),
-               "seconds": round(time.time() - t0, 1), "pairs": len(pairs)}
+               "seconds": round(time.time() - t0, 1), "pairs": len(pairs), "views": cfg.views,
+               "tiles": int(bank.flat.shape[0])}
     with open(os.path.join(cfg.output_dir, "encoder_pretrain.json"), "w") as f:
         json.dump({"config": cfg.__dict__, "summary": summary, "loss_per_epoch": history}, f, indent=2)
     log.info("encoder pretraining: %s", summary)
@@ -177,10 +211,12 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--views", choices=("tiles", "base"), default="tiles",
+                   help="pool every AnyRes tile of an image (default) or the base view only")
     a = p.parse_args(argv)
     print(json.dumps(pretrain_encoder(EncoderPretrainConfig(
         data=a.data, output_dir=a.out, model=a.model, image_root=a.image_root, epochs=a.epochs,
-        batch_size=a.batch_size, learning_rate=a.lr, seed=a.seed)), indent=2))
+        batch_size=a.batch_size, learning_rate=a.lr, seed=a.seed, views=a.views)), indent=2))
     return 0
 
 

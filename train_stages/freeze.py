@@ -67,6 +67,9 @@ def apply_policy(model, cfg: TrainConfig) -> Dict[str, List[nn.Parameter]]:
         if modes[name] == "full":
             for p in mod.parameters():
                 p.requires_grad_(True)
+    if getattr(model, "gen_head", None) is not None:
+        # the head's latent space is fixed: a diffusers VAE inside it never trains, whatever the mode
+        model.gen_head.autoencoder.requires_grad_(False)
     if modes["llm"] in ("lora", "qlora"):
         model.llm = get_peft_model(model.llm, _lora_config(cfg.lora, task_type="CAUSAL_LM"))
     if getattr(model, "image_newline", None) is not None:

@@ -90,8 +90,29 @@ def load_start_model(cfg: TrainConfig):
     from mllm.presets import get_preset
 
     if cfg.init_from:
-        return MultimodalLM.from_pretrained(cfg.init_from)
-    return MultimodalLM.build(apply_overrides(get_preset(cfg.model), cfg.model_overrides))
+        model = MultimodalLM.from_pretrained(cfg.init_from)
+    else:
+        model = MultimodalLM.build(apply_overrides(get_preset(cfg.model), cfg.model_overrides))
+    if cfg.spec.objective == "gen":
+        ensure_gen_head(model, cfg)
+    return model
+
+
+def ensure_gen_head(model, cfg: TrainConfig) -> None:
+    """The gen stage trains a head: add a fresh one (``cfg.gen_head``) to a model without; a model that has
+    one keeps it, and a ``cfg.gen_head`` that describes a different head is an error, not silently ignored."""
+    from mllm.gen.head import GenHeadConfig
+
+    if model.gen_head is None:
+        model.add_gen_head(cfg.gen_head)
+        log.info("added a fresh image-generation head: %s", json.dumps(model.config.gen_head))
+        return
+    if cfg.gen_head is not None:
+        wanted = GenHeadConfig.from_dict(dict(cfg.gen_head)).to_dict()
+        if wanted != model.config.gen_head:
+            raise ValueError(f"gen_head in the training config ({json.dumps(wanted)}) differs from the head "
+                             f"{cfg.init_from or cfg.model} already has ({json.dumps(model.config.gen_head)}); "
+                             f"drop 'gen_head' to keep training that head")
 
 
 def _training_args(cfg: TrainConfig, ds_path: Optional[str]):

@@ -4,9 +4,13 @@ config, the chat template. One runner (``train_stages.runner``) executes any of 
     align      connector only, on captions (`plain`), ZeRO-2            (LLaVA stage 1)
     multitask  connector + LLM (full or LoRA), tower optionally, ZeRO-3 (VQA/caption mixture)
     instruct   connector + LLM (full, LoRA or QLoRA), ZeRO-3           (LLaVA stage 2)
+    gen        the image-generation head only (queries, gen connector, DiT), on prompt/image pairs; the
+               tower, connector and LLM frozen, so understanding is bit-identical afterwards; ZeRO-2
 
 A run is described by a ``TrainConfig`` (YAML); its ``modules`` entries override the stage's defaults,
-e.g. ``modules: {llm: {mode: lora}, vision: {mode: full, lr: 2.0e-6}}``.
+e.g. ``modules: {llm: {mode: lora}, vision: {mode: full, lr: 2.0e-6}}``. A stage's ``objective`` says what
+its data is: "lm" (conversations, next-token loss) or "gen" (gen_train.json prompt/image pairs, the head's
+flow loss); the gen stage adds a fresh head from ``gen_head`` when ``init_from`` has none.
 """
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ class StageSpec:
     zero: str  # "zero2" | "zero3" | "zero3_offload" | "none" | a path to a DeepSpeed JSON
     learning_rate: float
     description: str = ""
+    objective: str = "lm"  # "lm": conversations -> next-token loss; "gen": prompt/image pairs -> flow loss
 
     def module(self, name: str) -> ModuleSpec:
         return self.modules.get(name, ModuleSpec())
@@ -66,12 +71,16 @@ STAGES.add("instruct", StageSpec(
     name="instruct", modules=_spec(vision="frozen", connector="full", llm="full", gen_head="frozen"),
     template=None, zero="zero3", learning_rate=2e-5,
     description="instruction tuning: multi-turn conversations; LLM full, LoRA or QLoRA"))
+STAGES.add("gen", StageSpec(
+    name="gen", modules=_spec(vision="frozen", connector="frozen", llm="frozen", gen_head="full"),
+    template=None, zero="zero2", learning_rate=1e-3, objective="gen",
+    description="image generation: only the DiT head (queries, gen connector, DiT) learns, on prompt/image pairs"))
 
 
 @dataclass
 class DataSource:
     path: str
-    format: str = "llava"  # see data_pipelines formats
+    format: Optional[str] = None  # None: the stage's ("llava" for lm stages, "gen" for the gen stage)
     image_root: Optional[str] = None
     weight: float = 1.0
     max_samples: Optional[int] = None
@@ -123,6 +132,10 @@ class TrainConfig:
     strict_data: bool = False
     resume: Optional[str] = None  # None | "auto" | a checkpoint directory
     always_run_vision: Optional[bool] = None  # default: on under ZeRO-3 (keeps ranks in lock-step)
+    # gen stage: the head to add when init_from has none (mllm.gen.head.GenHeadConfig fields, e.g.
+    # {num_queries: 16, dit: tiny}); None = GenHeadConfig's defaults. A model that has a head keeps it (then a
+    # gen_head given here must describe that same head).
+    gen_head: Optional[Dict[str, Any]] = None
 
     # ---- resolution ---------------------------------------------------------------------------------
     @property

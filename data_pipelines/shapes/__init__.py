@@ -12,6 +12,8 @@ Images of 1-4 flat-coloured shapes (5 kinds, 6 colours, 2 sizes, 5 positions) on
     captions_train.json                 stage 1: LLaVA JSON, "<image>" -> short caption
     vqa_train.json                      stage 2: open VQA, MMBench-format multiple choice (answer = letter),
                                         a few two-image and text-only records
+    vqa_dialog_train.json               stage 2, dense: every question about an image in one multi-turn
+                                        record; multiple choice answered with the option's text (the demo's)
     instruct_train.json                 stage 3: 2-3 turn conversations
     mmbench_dev.tsv, mmbench_test.tsv   VLMEvalKit MMBench layout with circular variants (test images)
     mmmu_validation.parquet, mmmu_test.parquet   HF MMMU schema, 1-3 images per question (test images)
@@ -33,7 +35,7 @@ from tqdm import tqdm
 
 from data_pipelines.shapes.render import render_scene, save_png
 from data_pipelines.shapes.scene import COLOURS, KINDS, REGIONS, SIZES, Scene, sample_scene, scene_key, scene_rng
-from data_pipelines.shapes.tasks import (conversation, caption, image_questions, mc_row, mmmu_item,
+from data_pipelines.shapes.tasks import (conversation, caption, dialog, image_questions, mc_row, mmmu_item,
                                          pair_questions, text_only_questions)
 from data_pipelines.shapes import writers
 from eval.mmbench.prompt import build_mmbench_prompt
@@ -42,7 +44,7 @@ __all__ = ["make_shapes", "DEFAULT_TRAIN", "DEFAULT_TEST", "OUTPUTS"]
 
 DEFAULT_TRAIN, DEFAULT_TEST = 2000, 200
 OUTPUTS = ("images/train", "images/test", "scenes_train.jsonl", "scenes_test.jsonl", "captions_train.json",
-           "vqa_train.json", "instruct_train.json", "mmbench_dev.tsv", "mmbench_test.tsv",
+           "vqa_train.json", "vqa_dialog_train.json", "instruct_train.json", "mmbench_dev.tsv", "mmbench_test.tsv",
            "mmmu_validation.parquet", "mmmu_test.parquet", "manifest.json")
 OPEN_PER_IMAGE = 3          # open VQA records per train image (plus one multiple-choice record)
 PAIR_EVERY, TEXT_EVERY = 20, 50   # one two-image record per 20 train images, one text-only per 50
@@ -124,6 +126,12 @@ def _vqa_records(scenes: Sequence[Scene], seed: int) -> List[Dict[str, Any]]:
     return records
 
 
+def _dialog_records(scenes: Sequence[Scene], seed: int) -> List[Dict[str, Any]]:
+    return [{"id": f"{s.id}_dialog", "image": s.image,
+             "conversations": _turns("<image>\n", dialog(s, scene_rng(seed, s.split, i, "dialog")))}
+            for i, s in enumerate(scenes)]
+
+
 def _instruct_records(scenes: Sequence[Scene], seed: int) -> List[Dict[str, Any]]:
     return [{"id": f"{s.id}_chat", "image": s.image,
              "conversations": _turns("<image>\n", conversation(s, scene_rng(seed, s.split, i, "instruct")))}
@@ -190,6 +198,8 @@ def make_shapes(out_dir: str, seed: int = 0, n_train: int = DEFAULT_TRAIN, n_tes
     captions, vqa, instruct = _caption_records(train, seed), _vqa_records(train, seed), _instruct_records(train, seed)
     writers.write_llava_json(path("captions_train.json"), captions)
     writers.write_llava_json(path("vqa_train.json"), vqa)
+    dialogs = _dialog_records(train, seed)
+    writers.write_llava_json(path("vqa_dialog_train.json"), dialogs)
     writers.write_llava_json(path("instruct_train.json"), instruct)
 
     dev_rows = _mmbench_rows(test, seed, out_dir, "dev", 0)
@@ -212,6 +222,8 @@ def make_shapes(out_dir: str, seed: int = 0, n_train: int = DEFAULT_TRAIN, n_tes
             "scenes_train.jsonl": {"records": len(train)}, "scenes_test.jsonl": {"records": len(test)},
             "captions_train.json": {"records": len(captions), "stage": 1},
             "vqa_train.json": {"records": len(vqa), "stage": 2, **dict(sorted(kinds.items()))},
+            "vqa_dialog_train.json": {"records": len(dialogs), "stage": 2,
+                                      "turns": sum(len(r["conversations"]) // 2 for r in dialogs)},
             "instruct_train.json": {"records": len(instruct), "stage": 3},
             "mmbench_dev.tsv": {"questions": len(dev_rows), "rows": n_dev_tsv,
                                 "categories": dict(sorted(Counter(r["category"] for r in dev_rows).items()))},

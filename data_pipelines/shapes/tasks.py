@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from data_pipelines.shapes.scene import COLOURS, KINDS, LETTERS, PLURALS, REGIONS, SIZES, WORDS, Scene, Shape
+from eval.mmbench.extract import extract_choice
 from eval.mmbench.prompt import build_mmbench_prompt
 
 # official MMBench category -> its l2-category
@@ -363,7 +364,7 @@ def conversation(scene: Scene, rng: random.Random) -> List[Tuple[str, str]]:
     """2-3 (human, assistant) turns about one image, without the <image> token.
 
     Turns mix a full description, questions answered with a sentence, questions with LLaVA's
-    single-word suffix answered briefly, and MMBench-format multiple choice answered with a letter;
+    single-word suffix answered briefly, and MMBench-format multiple choice answered with the option's text;
     the suffix is what tells the model which answer length is wanted.
     """
     n_turns = rng.choice((2, 3))
@@ -374,15 +375,45 @@ def conversation(scene: Scene, rng: random.Random) -> List[Tuple[str, str]]:
     rng.shuffle(questions)
     for q in questions[: n_turns - len(turns)]:
         style = rng.random()
-        if q.is_mc and style < 0.2:
+        if q.is_mc and style < 0.2:  # answered with the option's text, as in dialog()
             row = mc_row(q, rng)
-            turns.append((build_mmbench_prompt(row), row["answer"]))
+            turns.append((build_mmbench_prompt(row), mc_text_answer(row)))
         elif style < 0.7:
             turns.append((q.question, q.sentence))
         else:
             turns.append((f"{q.question}\n{SHORT_ANSWER_SUFFIX}", q.answer))
     return turns
 
+
+
+def mc_text_answer(row: Dict[str, str]) -> str:
+    """The right option's text, or its letter where the harness would read that text as another letter
+    (an OCR label "B" offered as option C)."""
+    text = row[row["answer"]]
+    options = {c: row[c] for c in LETTERS_ABCD if row.get(c)}
+    return text if extract_choice(text, options) == row["answer"] else row["answer"]
+
+
+def dialog(scene: Scene, rng: random.Random, mc_probability: float = 0.7) -> List[Tuple[str, str]]:
+    """Every applicable question about one image as one multi-turn dialog (stage-2 "dense" data).
+
+    One image's tokens then carry a dozen supervised answers instead of one, which is what lets a small
+    model learn to ground words in image features within minutes on a CPU. Questions with a
+    multiple-choice form are asked in the MMBench prompt format with probability ``mc_probability`` and
+    answered with the option's *text*: the MMBench harness reads such answers back to a letter with
+    VLMEvalKit's exact matching (``eval.mmbench.extract.can_infer_text``), and a tiny model learns
+    "say what is true" long before it learns to point at a letter.
+    """
+    questions = image_questions(scene, rng)
+    rng.shuffle(questions)
+    turns: List[Tuple[str, str]] = []
+    for q in questions:
+        if q.is_mc and rng.random() < mc_probability:
+            row = mc_row(q, rng)
+            turns.append((build_mmbench_prompt(row), mc_text_answer(row)))
+        else:
+            turns.append((q.question, q.answer))
+    return turns
 
 # ---- two images, no image --------------------------------------------------------------------------
 def pair_questions(a: Scene, b: Scene, rng: random.Random) -> List[Question]:

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 NAME = "train"
-HELP = "run a training stage (encoder | align | multitask | instruct)"
+HELP = "run a training stage (encoder | align | multitask | instruct | gen)"
 DESCRIPTION = """Run a training stage from a YAML config.
 
   mllm train --stage align --config align.yaml
   mllm train --stage instruct --config instruct.yaml --set modules.llm.mode=lora --resume auto
+  mllm train --stage gen --config gen.yaml    # the image-generation head, on an instruct-stage model
   torchrun --nproc_per_node 2 -m train_stages.multitask --config multitask.yaml   # several processes
 """
 

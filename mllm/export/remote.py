@@ -16,8 +16,14 @@ The model is assembled from transformers parts only: an ``AutoModel`` vision tow
 ``linear_{1,2}`` or ``query_tokens`` / ``qformer`` (``Blip2QFormerModel``) / ``projection``), ``image_newline``,
 and an ``AutoModelForCausalLM`` (``language_model.*``, lm_head always written so tying never matters).
 
-Extending it: a new part (e.g. a DiT head) adds its module to ``modeling_mllm.py`` behind a config key,
-its weights to ``remote_state_dict`` and its settings to ``remote_config`` (``extra_heads``).
+A model with an image-generation head (``gen_head``) takes this path too: ``extra_heads["gen"]`` holds the
+head's config, its weights keep their names under ``gen_head.*``, and ``gen_head_mllm.py`` (with mllm's own
+``dit.py`` and ``flow.py``, copied verbatim: they import only torch) gives the exported model
+``generate_images(prompt_ids, attention_mask, steps, cfg_scale, generator)``. ``verify_gen_export`` checks in a
+fresh transformers process that it draws the same pixels as ``MultimodalLM.generate_images`` for a seed.
+
+Extending it: a new part adds its module to ``modeling_mllm.py`` behind a config key, its weights to
+``remote_state_dict`` and its settings to ``remote_config`` (``extra_heads``).
 """
 from __future__ import annotations
 
@@ -35,7 +41,9 @@ from .towers import ConvertedTower
 
 REMOTE_CODE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "remote_code")
 REMOTE_FILES = ("configuration_mllm.py", "modeling_mllm.py", "processing_mllm.py", "anyres_mllm.py",
-                "vision_open_clip.py")
+                "vision_open_clip.py", "gen_head_mllm.py")
+GEN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gen")
+GEN_FILES = ("dit.py", "flow.py")  # mllm/gen's torch-only files, copied verbatim next to gen_head_mllm.py
 MODEL_CLASS = "modeling_mllm.MllmForConditionalGeneration"
 AUTO_MAP = {
     "AutoConfig": "configuration_mllm.MllmConfig",
@@ -52,8 +60,6 @@ def remote_config(model, conv: Optional[ConvertedTower]) -> Dict[str, Any]:
     if cfg.connector.kind not in REMOTE_CONNECTORS:
         raise ValueError(f"connector {cfg.connector.kind!r} has no exported modeling code (known: "
                          f"{', '.join(REMOTE_CONNECTORS)})")
-    if cfg.gen_head:
-        raise ValueError("models with an image-generation head cannot be exported yet")
     text = hf_text_config(model.llm.config)
     out: Dict[str, Any] = {
         "architectures": ["MllmForConditionalGeneration"],
@@ -73,7 +79,7 @@ def remote_config(model, conv: Optional[ConvertedTower]) -> Dict[str, Any]:
         "use_image_newline": bool(geo.image_newline),
         "tie_word_embeddings": bool(text.get("tie_word_embeddings", False)),
         "torch_dtype": dtype_name(model.llm.get_input_embeddings().weight.dtype),
-        "extra_heads": {},
+        "extra_heads": {"gen": gen_head_config(model)} if getattr(model, "gen_head", None) is not None else {},
     }
     if conv is not None:
         out.update(vision_backend="hf", vision_config=dict(conv.vision_config))
@@ -87,6 +93,20 @@ def remote_config(model, conv: Optional[ConvertedTower]) -> Dict[str, Any]:
     return out
 
 
+def gen_head_config(model) -> Dict[str, Any]:
+    """``extra_heads["gen"]``: what ``gen_head_mllm.MllmGenHead`` needs to rebuild the head (a diffusers VAE
+    travels as its full AutoencoderKL config; its weights are in the checkpoint)."""
+    head = model.gen_head
+    cfg = head.config.to_dict()
+    ae = head.autoencoder
+    if cfg["autoencoder"].get("kind", "identity") == "diffusers":
+        cfg["autoencoder"] = {"kind": "diffusers", "vae_config": dict(ae.vae.config), "scale": ae.scale,
+                              "shift": ae.shift}
+    else:
+        cfg["autoencoder"] = {"kind": "identity", "channels": int(ae.latent_channels)}
+    return cfg
+
+
 def remote_state_dict(model, conv: Optional[ConvertedTower]) -> Dict[str, torch.Tensor]:
     state: Dict[str, torch.Tensor] = {}
     if conv is not None:
@@ -97,6 +117,8 @@ def remote_state_dict(model, conv: Optional[ConvertedTower]) -> Dict[str, torch.
     if model.geometry.image_newline:
         state["image_newline"] = model.image_newline.detach()
     state.update({f"language_model.{k}": v for k, v in model.llm.state_dict().items()})
+    if getattr(model, "gen_head", None) is not None:
+        state.update({f"gen_head.{k}": v for k, v in model.gen_head.state_dict().items()})
     return state
 
 
@@ -133,6 +155,8 @@ def export_remote(model, out_dir: str, conv: Optional[ConvertedTower] = None, *,
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     for name in REMOTE_FILES:
         shutil.copyfile(os.path.join(REMOTE_CODE_DIR, name), os.path.join(out_dir, name))
+    for name in GEN_FILES:  # gen_head_mllm.py imports them; transformers copies relative imports of the model
+        shutil.copyfile(os.path.join(GEN_DIR, name), os.path.join(out_dir, name))
     write_json(cfg, os.path.join(out_dir, "config.json"))
     write_weights(state, out_dir, max_shard_size=max_shard_size)
     for name, data in processor_files(model).items():
@@ -143,3 +167,74 @@ def export_remote(model, out_dir: str, conv: Optional[ConvertedTower] = None, *,
         log(f"wrote MllmForConditionalGeneration (remote code, {cfg['vision_backend']} tower, "
             f"{cfg['connector']} connector, {len(state)} tensors) to {out_dir}")
     return cfg
+
+
+# ---- verification of the generation head ------------------------------------------------------------------
+# Runs in a fresh interpreter (python -I) that imports only torch, safetensors and transformers.
+_GEN_RUNNER = r"""
+import json, sys
+import torch, transformers
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForImageTextToText
+job = json.loads(sys.argv[1])
+kw = {"dtype": torch.float32} if int(transformers.__version__.split(".")[0]) >= 5 else {"torch_dtype": torch.float32}
+model = AutoModelForImageTextToText.from_pretrained(job["model"], trust_remote_code=True, **kw).eval()
+inp = load_file(job["inputs"])
+g = torch.Generator().manual_seed(job["seed"])
+images = model.generate_images(inp["input_ids"], inp["attention_mask"], steps=job["steps"],
+                               cfg_scale=job["cfg_scale"], generator=g)
+save_file({"images": images.float().contiguous()}, job["out"])
+print(json.dumps({"transformers": transformers.__version__, "model_class": type(model).__name__}))
+"""
+
+
+def verify_gen_export(model, export_dir: str, prompts=("a red circle at the top",
+                                                        "a blue star on the left and a green square at the bottom"),
+                      *, seed: int = 0, steps: int = 4, cfg_scale: float = 3.0, python: Optional[str] = None,
+                      timeout: float = 900) -> Dict[str, Any]:
+    """Sample ``prompts`` with ``model`` (its ``generate_images``) and with the export loaded by plain
+    transformers (``trust_remote_code``) in a fresh process, from the same seed; raises ``VerifyError``
+    unless the images are identical. Returns {"max_abs_diff", "identical", "shape", "transformers", ...}."""
+    import copy
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    from safetensors.torch import load_file, save_file
+
+    from .verify import VerifyError
+
+    if getattr(model, "gen_head", None) is None:
+        raise ValueError("verify_gen_export: the model has no image-generation head")
+    with open(os.path.join(export_dir, "config.json")) as f:
+        exported_dtype = json.load(f).get("torch_dtype")
+    ref = copy.deepcopy(model)
+    if exported_dtype in ("bfloat16", "float16"):  # compare with the same rounding of the weights
+        ref.to(getattr(torch, exported_dtype))
+    ref = ref.float().eval()
+    ids, mask = ref.gen_prompt_inputs(list(prompts))
+    ours = ref.generate_images(list(prompts), steps=steps, cfg_scale=cfg_scale,
+                               generator=torch.Generator().manual_seed(seed))
+    with tempfile.TemporaryDirectory(prefix="mllm_genverify_") as tmp:
+        inputs, out = os.path.join(tmp, "inputs.safetensors"), os.path.join(tmp, "images.safetensors")
+        save_file({"input_ids": ids.cpu().contiguous(), "attention_mask": mask.cpu().contiguous()}, inputs)
+        job = {"model": os.path.abspath(export_dir), "inputs": inputs, "out": out, "seed": seed, "steps": steps,
+               "cfg_scale": cfg_scale}
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error",
+                   HF_MODULES_CACHE=os.path.join(tmp, "modules"))  # never a stale copy of earlier remote code
+        proc = subprocess.run([python or sys.executable, "-I", "-c", _GEN_RUNNER, json.dumps(job)], env=env,
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+            raise VerifyError(f"{export_dir}: transformers could not sample from the export:\n{tail}")
+        theirs = load_file(out)["images"]
+        info = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
+    same_shape = tuple(theirs.shape) == tuple(ours.shape)
+    diff = (theirs - ours.float().cpu()).abs().max().item() if same_shape else float("inf")
+    result = {"max_abs_diff": diff, "identical": same_shape and torch.equal(theirs, ours.float().cpu()),
+              "shape": list(ours.shape), "seed": seed, "steps": steps, "cfg_scale": cfg_scale, **info}
+    if not result["identical"]:
+        raise VerifyError(f"{export_dir}: the export's generate_images differs from the source model "
+                          f"(shapes {tuple(theirs.shape)} vs {tuple(ours.shape)}, max |diff| {diff:.3e})")
+    return result

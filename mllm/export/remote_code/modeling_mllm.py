@@ -11,6 +11,14 @@ transformers 4.57 and 5.x::
 
 Each ``<image>`` in the text is expanded by the processor into the exact number of feature vectors the
 model produces for that image; the model scatters the features into those positions.
+
+A model exported with an image-generation head (``config.extra_heads["gen"]``, see ``gen_head_mllm.py``)
+also draws pictures from prompts: each row is BOS + the prompt's tokens (no chat template), batches LEFT-padded::
+
+    tok = processor.tokenizer
+    ids = torch.tensor([[tok.bos_token_id] + tok("a red circle at the top", add_special_tokens=False).input_ids])
+    images = model.generate_images(ids, torch.ones_like(ids), steps=20, cfg_scale=3.0,
+                                   generator=torch.Generator().manual_seed(0))   # (B, 3, H, W) in [0, 1]
 """
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ from transformers.generation import GenerationMixin
 
 from .anyres_mllm import num_tiles, pack
 from .configuration_mllm import MllmConfig
+from .gen_head_mllm import DiT, MllmGenHead, restore_pos_embed
 
 
 class MllmConnector(nn.Module):
@@ -62,8 +71,10 @@ class MllmPreTrainedModel(PreTrainedModel):
     _no_split_modules = []
 
     def _init_weights(self, module):
-        # every weight comes from the checkpoint; nothing here is trained from scratch
-        pass
+        # every weight comes from the checkpoint; nothing here is trained from scratch. Only the DiT's
+        # position table, derived from its config and not stored, is rebuilt (it is empty after meta loading)
+        if isinstance(module, DiT):
+            restore_pos_embed(module)
 
 
 class MllmForConditionalGeneration(MllmPreTrainedModel, GenerationMixin):
@@ -83,6 +94,8 @@ class MllmForConditionalGeneration(MllmPreTrainedModel, GenerationMixin):
         hidden = config.text_config.hidden_size
         self.connector = MllmConnector(config, width * len(config.vision_feature_layer), hidden)
         self.image_newline = nn.Parameter(torch.zeros(hidden)) if config.use_image_newline else None
+        gen = (config.extra_heads or {}).get("gen")
+        self.gen_head = MllmGenHead(gen, hidden) if gen is not None else None
         self.post_init()
 
     # ---- embeddings (delegated to the LLM) ----------------------------------------------------------------
@@ -162,3 +175,19 @@ class MllmForConditionalGeneration(MllmPreTrainedModel, GenerationMixin):
         new = self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask,
                                            generation_config=gen_config, **kwargs)
         return torch.cat([input_ids, new.to(input_ids.device)], dim=1)
+
+    # ---- image generation (models exported with a generation head) ------------------------------------------
+    @torch.no_grad()
+    def generate_images(self, prompt_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                        steps: int = 20, cfg_scale: float = 3.0,
+                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """LEFT-padded prompt ids (B, L) -> images (B, 3, H, W) in [0, 1]; the starting noise comes from
+        ``generator`` (the same seed gives the same images as the source mllm model)."""
+        if self.gen_head is None:
+            raise ValueError("this model was exported without an image-generation head")
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(prompt_ids)
+        return self.gen_head.sample(self.language_model, prompt_ids, attention_mask, steps=steps,
+                                    cfg_scale=cfg_scale, generator=generator)
