@@ -33,6 +33,7 @@ class DemoPlan:
     # stage 2 trains on vqa_dialog_train.json: a dozen supervised answers per image in one sequence
     multitask_epochs: float = 1.0
     instruct_epochs: float = 0.5
+    instruct_dialogs: int = 600  # stage-2 dialogs mixed into stage 3
     generation: bool = True  # the gen step (issue 7): train the DiT head, sample held-out prompts, score
     batch_size: int = 16
     max_steps: int = -1  # > 0: cap every stage (smoke runs)
@@ -88,12 +89,16 @@ def run_demo(out: str, plan: Optional[DemoPlan] = None) -> Dict:
         # the tiny tower was pretrained on captions only: let it keep learning while the LLM learns to ask it
         ("multitask", os.path.join(out, "align"), "vqa_dialog_train.json", 1e-3, plan.multitask_epochs,
          {"modules": {"vision": {"mode": "full", "lr": 1e-3}}}),
-        ("instruct", os.path.join(out, "multitask"), "instruct_train.json", 3e-4, plan.instruct_epochs, {}),
+        # LLaVA's instruct mix keeps VQA data in it; without some dialogs the short answers are forgotten
+        ("instruct", os.path.join(out, "multitask"), "instruct_train.json", 3e-4, plan.instruct_epochs,
+         {"extra_data": [{"path": "vqa_dialog_train.json", "max_samples": plan.instruct_dialogs}]}),
     ]
     for stage, init_from, data_file, lr, epochs, extra in stages:
         t = time.time()
-        cfg = _stage_config(stage, out, init_from, [{"path": os.path.join(data_dir, data_file)}], plan, lr,
-                            epochs, **extra)
+        sources = [{"path": os.path.join(data_dir, data_file)}]
+        for src in extra.pop("extra_data", []):
+            sources.append({**src, "path": os.path.join(data_dir, src["path"])})
+        cfg = _stage_config(stage, out, init_from, sources, plan, lr, epochs, **extra)
         s = run_stage(cfg)
         rows.append({"step": f"train: {stage}", "seconds": time.time() - t, "loss": s.get("last_loss")})
 
