@@ -101,7 +101,38 @@ class SampleBuilder:
         }
 
 
-class MultimodalDataset(Dataset):
+class SkippingDataset(Dataset):
+    """Map-style dataset whose bad records are skipped: item ``i`` is the first good record from ``i`` on
+    (wrapping), with the skips found on the way in ``sample["skipped"]``; counted in ``self.stats``.
+    Subclasses give ``build(i)`` (a sample dict or ``RecordError``) and set ``strict``, ``stats``, ``_bad``."""
+
+    strict: bool
+    stats: SkipStats
+    _bad: set
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        n = len(self)
+        events: List[Tuple[str, str, Any]] = []
+        for step in range(n):
+            j = (int(i) + step) % n
+            if j in self._bad:
+                continue
+            try:
+                sample = self.build(j)
+            except RecordError as err:
+                if self.strict:
+                    raise
+                self._bad.add(j)
+                if self.stats.add(err.reason, str(err), err.key):
+                    logger.debug("skipped %s", err)
+                events.append((err.reason, str(err), err.key))
+                continue
+            sample["skipped"] = events
+            return sample
+        raise RuntimeError(f"{type(self).__name__}: all {n} records are bad ({self.stats.summary()})")
+
+
+class MultimodalDataset(SkippingDataset):
     """Map-style: ``records`` is any sequence of ``Record`` (a list, or ``HFRecords`` that converts rows
     lazily and may raise ``RecordError``)."""
 
@@ -129,26 +160,6 @@ class MultimodalDataset(Dataset):
         """Record ``i`` as a sample, or ``RecordError``; no skipping (``preflight`` uses this)."""
         return self.builder.build(self.records[i], verify=verify)
 
-    def __getitem__(self, i: int) -> Dict[str, Any]:
-        n = len(self)
-        events: List[Tuple[str, str, Any]] = []
-        for step in range(n):
-            j = (int(i) + step) % n
-            if j in self._bad:
-                continue
-            try:
-                sample = self.build(j)
-            except RecordError as err:
-                if self.strict:
-                    raise
-                self._bad.add(j)
-                if self.stats.add(err.reason, str(err), err.key):
-                    logger.debug("skipped %s", err)
-                events.append((err.reason, str(err), err.key))
-                continue
-            sample["skipped"] = events
-            return sample
-        raise RuntimeError(f"MultimodalDataset: all {n} records are bad ({self.stats.summary()})")
 
     # ---- for the sampler: estimates that need no image loading ---------------------------------------------
     # tokens ~ characters / CHARS_PER_TOKEN + per image the count of a tile-sized square image

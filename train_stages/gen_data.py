@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
+from data_pipelines.dataset import SkippingDataset
 from data_pipelines.images import ImageLoadError, load_image
 from data_pipelines.records import Origin, RecordError, SkipStats
 from mllm.model import gen_prompt_ids, pad_left
@@ -85,7 +85,7 @@ def image_tensor(image: Image.Image, size: int) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
 
 
-class GenDataset(Dataset):
+class GenDataset(SkippingDataset):
     def __init__(self, records: Sequence[Dict[str, Any]], tokenizer, image_size: int, *, strict: bool = False,
                  stats: Optional[SkipStats] = None):
         if not records:
@@ -109,25 +109,6 @@ class GenDataset(Dataset):
         ids = gen_prompt_ids(self.tokenizer, rec["prompt"])
         return {"input_ids": ids, "image": image_tensor(image, self.image_size), "id": rec["id"], "skipped": []}
 
-    def __getitem__(self, i: int) -> Dict[str, Any]:
-        n = len(self)
-        events: List[Tuple[str, str, Any]] = []
-        for step in range(n):
-            j = (int(i) + step) % n
-            if j in self._bad:
-                continue
-            try:
-                sample = self.build(j)
-            except RecordError as err:
-                if self.strict:
-                    raise
-                self._bad.add(j)
-                self.stats.add(err.reason, str(err), err.key)
-                events.append((err.reason, str(err), err.key))
-                continue
-            sample["skipped"] = events
-            return sample
-        raise RuntimeError(f"GenDataset: all {n} records are bad ({self.stats.summary()})")
 
 
 class GenCollator:
