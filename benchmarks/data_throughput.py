@@ -48,7 +48,7 @@ def make_loader(ds: MultimodalDataset, collate, batch_size: int, workers: int) -
 def epoch(loader: DataLoader, epoch_no: int) -> Dict[str, float]:
     loader.sampler.set_epoch(epoch_no)
     ds = loader.dataset
-    pad, geometry = ds.builder.tokenizer.pad_token_id, ds.builder.geometry
+    pad, geometry = ds.processor.tokenizer.pad_token_id, ds.processor.geometry
     tokens = tiles = 0
     t0 = time.perf_counter()
     for batch in loader:
@@ -61,7 +61,7 @@ def epoch(loader: DataLoader, epoch_no: int) -> Dict[str, float]:
 
 def breakdown(ds: MultimodalDataset, n: int) -> Dict[str, float]:
     """Milliseconds per sample of each stage, single process, on the first n records."""
-    b = ds.builder
+    b = ds.processor
     times = {"load": 0.0, "anyres": 0.0, "tokenise": 0.0}
     samples = []
     for i in range(n):
@@ -77,7 +77,7 @@ def breakdown(ds: MultimodalDataset, n: int) -> Dict[str, float]:
         times["load"] += t1 - t0
         times["anyres"] += t2 - t1
         times["tokenise"] += t3 - t2
-        samples.append(ds.builder.build(rec))
+        samples.append(ds.processor.encode_sample(rec))
     collate = PaddingCollator(b.tokenizer.pad_token_id)
     t0 = time.perf_counter()
     for k in range(0, n, 8):
@@ -116,7 +116,7 @@ def main() -> int:
     records = load_records(os.path.join(data_dir, args.file))
     ds = MultimodalDataset.for_model(records, model)
     pad = model.tokenizer.pad_token_id
-    collate = PackingCollator(ds.builder.max_length, pad) if args.pack else PaddingCollator(pad)
+    collate = PackingCollator(ds.processor.max_length, pad) if args.pack else PaddingCollator(pad)
     n_img = sum(1 for m in ds.modalities if m == "image")
     print(f"{len(ds)} samples ({n_img} with images) from {args.file}; preset {args.preset} "
           f"(tile {model.geometry.tile_size}px, {len(model.geometry.grid_pinpoints)} pinpoints); "

@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mllm.config import ConnectorConfig
+from .config import ConnectorConfig
 
-from . import CONNECTORS
+from .registry import CONNECTORS
 from .base import Connector
 
 

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
-from mllm.config import ConnectorConfig
+from .config import ConnectorConfig
 
-from . import CONNECTORS
+from .registry import CONNECTORS
 from .base import Connector
 
 # A small default; BLIP-2 itself uses hidden 768, 12 layers, 12 heads, intermediate 3072.

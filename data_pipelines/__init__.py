@@ -31,7 +31,7 @@ _LAZY = {
     "ChatTemplate": "data_pipelines.templates",
     "encode_conversation": "data_pipelines.tokenize", "IGNORE_INDEX": "data_pipelines.tokenize",
     "TokenizationMismatch": "data_pipelines.tokenize", "AllMaskedError": "data_pipelines.tokenize",
-    "SampleBuilder": "data_pipelines.dataset", "MultimodalDataset": "data_pipelines.dataset",
+    "MultimodalDataset": "data_pipelines.dataset",
     "StreamingMultimodalDataset": "data_pipelines.dataset", "stream_source": "data_pipelines.dataset",
     "PaddingCollator": "data_pipelines.collate", "PackingCollator": "data_pipelines.collate",
     "pack_first_fit": "data_pipelines.collate",
@@ -39,6 +39,7 @@ _LAZY = {
     "preflight": "data_pipelines.preflight", "PreflightError": "data_pipelines.preflight",
     "load_image": "data_pipelines.images", "ImageLoadError": "data_pipelines.images",
     "AnyResImageProcessor": "data_pipelines.image_processor",
+    "MultimodalProcessor": "data_pipelines.processor", "PromptInputs": "data_pipelines.processor",
 }
 
 

@@ -6,10 +6,12 @@
               "image_sizes": [(h, w)], "length": L, "modality": "image" | "text", "id": str, "skipped": [...]}
     loader = DataLoader(ds, batch_size=8, sampler=LengthGroupedSampler(ds.lengths, ds.modalities, 8),
                         collate_fn=PaddingCollator(model.tokenizer.pad_token_id), num_workers=2)
+    ds = MultimodalDataset(records, MultimodalProcessor.for_model(model, template="chatml"))
 
     stream = StreamingMultimodalDataset.for_model(stream_source("big.jsonl"), model)  # IterableDataset
 
-Images are loaded lazily in ``__getitem__`` (so DataLoader workers do the decoding and AnyRes tiling).
+Each sample is ``MultimodalProcessor.encode_sample(record)`` (``data_pipelines.processor``), the encoder
+chat, eval and export verification share. Images are loaded lazily in ``__getitem__`` (so DataLoader workers do the decoding and AnyRes tiling).
 A record that turns out bad there (missing / unreadable image, too long, a bad HF row) never stops a run:
 ``ds[i]`` returns the next good record after ``i`` (deterministic, wrapping around) and counts the bad one
 once in ``ds.stats``; ``strict=True`` raises instead. Because workers are separate processes, each sample
@@ -26,79 +28,14 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from data_pipelines.image_processor import AnyResImageProcessor
-from data_pipelines.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
-from data_pipelines.records import IMAGE_MARKER, Record, RecordError, SkipStats
-from data_pipelines.templates import ChatTemplate, get_template
-from data_pipelines.tokenize import encode_conversation
+from data_pipelines.formats import read_records
+from data_pipelines.processor import MultimodalProcessor
+from data_pipelines.records import Record, RecordError, SkipStats
 
 logger = logging.getLogger("data_pipelines")
 
 # rough characters per token, only for the sampler's length estimates (exact lengths come from building)
 CHARS_PER_TOKEN = 4
-
-
-def _located(err: RecordError, record: Record) -> RecordError:
-    if err.origin is not None:
-        return err
-    return RecordError(err.reason, err.detail, record.origin, record.id, err.field)
-
-
-class SampleBuilder:
-    """Record -> sample dict: load images, AnyRes tiles, render + tokenise, expand, truncate."""
-
-    def __init__(self, tokenizer: Any, template: ChatTemplate, geometry: Any, processor: AnyResImageProcessor, *,
-                 max_length: Optional[int] = None, image_token: str = IMAGE_MARKER,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
-        pins = [tuple(p) for p in geometry.grid_pinpoints]
-        if processor.tile_size != geometry.tile_size or [tuple(p) for p in processor.grid_pinpoints] != pins:
-            raise ValueError(f"image processor (tile {processor.tile_size}, pinpoints {processor.grid_pinpoints}) "
-                             f"disagrees with the model geometry (tile {geometry.tile_size}, pinpoints {pins}): "
-                             f"the token counts reserved would not match the features produced")
-        self.tokenizer, self.template, self.geometry, self.processor = tokenizer, template, geometry, processor
-        self.max_length, self.image_token, self.max_pixels = max_length, image_token, max_pixels
-
-    @classmethod
-    def for_model(cls, model: Any, *, max_length: Optional[int] = None, template: Optional[str] = None,
-                  system: Optional[str] = None) -> "SampleBuilder":
-        cfg = model.config
-        processor = AnyResImageProcessor.from_config(cfg, tile_size=model.geometry.tile_size)
-        return cls(model.tokenizer, get_template(template or cfg.chat_template, system=system), model.geometry,
-                   processor, max_length=max_length if max_length is not None else cfg.max_length,
-                   image_token=cfg.image_token, max_pixels=cfg.image.max_pixels)
-
-    def load_images(self, record: Record) -> Tuple[List[torch.Tensor], List[Tuple[int, int]]]:
-        tiles, sizes = [], []
-        for k, source in enumerate(record.images):
-            try:
-                image = load_image(source, max_pixels=self.max_pixels)
-            except ImageLoadError as e:
-                reason = "missing_image" if e.reason == "file not found" else "unreadable_image"
-                raise RecordError(reason, str(e), record.origin, record.id, f"images[{k}]") from None
-            t, hw = self.processor.process(image)  # (T, 3, S, S), (h, w)
-            tiles.append(t)
-            sizes.append(hw)
-        return tiles, sizes
-
-    def build(self, record: Record, verify: bool = False) -> Dict[str, Any]:
-        tiles, sizes = self.load_images(record)
-        counts = [self.geometry.num_image_tokens(hw) for hw in sizes]
-        try:
-            enc = encode_conversation(record.messages, self.template, self.tokenizer, counts,
-                                      max_length=self.max_length, image_token=self.image_token, verify=verify,
-                                      where=record.where)
-        except RecordError as err:
-            raise _located(err, record) from None
-        return {
-            "input_ids": torch.tensor(enc.input_ids, dtype=torch.long),
-            "labels": torch.tensor(enc.labels, dtype=torch.long),
-            "pixel_values": tiles,
-            "image_sizes": sizes,
-            "length": len(enc),
-            "modality": "image" if tiles else "text",
-            "id": record.id,
-            "skipped": [],
-        }
 
 
 class SkippingDataset(Dataset):
@@ -136,11 +73,11 @@ class MultimodalDataset(SkippingDataset):
     """Map-style: ``records`` is any sequence of ``Record`` (a list, or ``HFRecords`` that converts rows
     lazily and may raise ``RecordError``)."""
 
-    def __init__(self, records: Sequence[Record], builder: SampleBuilder, *, strict: bool = False,
+    def __init__(self, records: Sequence[Record], processor: MultimodalProcessor, *, strict: bool = False,
                  stats: Optional[SkipStats] = None):
         if len(records) == 0:
             raise ValueError("MultimodalDataset: no records (every record of the source was skipped?)")
-        self.records, self.builder, self.strict = records, builder, strict
+        self.records, self.processor, self.strict = records, processor, strict
         self.stats = stats if stats is not None else SkipStats()
         self._bad: set = set()  # indices known bad in this process
         self._lengths: Optional[List[int]] = None
@@ -150,21 +87,20 @@ class MultimodalDataset(SkippingDataset):
     def for_model(cls, records: Sequence[Record], model: Any, *, max_length: Optional[int] = None,
                   template: Optional[str] = None, system: Optional[str] = None, strict: bool = False,
                   stats: Optional[SkipStats] = None) -> "MultimodalDataset":
-        builder = SampleBuilder.for_model(model, max_length=max_length, template=template, system=system)
-        return cls(records, builder, strict=strict, stats=stats)
+        processor = MultimodalProcessor.for_model(model, max_length=max_length, template=template, system=system)
+        return cls(records, processor, strict=strict, stats=stats)
 
     def __len__(self) -> int:
         return len(self.records)
 
     def build(self, i: int, verify: bool = False) -> Dict[str, Any]:
         """Record ``i`` as a sample, or ``RecordError``; no skipping (``preflight`` uses this)."""
-        return self.builder.build(self.records[i], verify=verify)
-
+        return self.processor.encode_sample(self.records[i], verify=verify)
 
     # ---- for the sampler: estimates that need no image loading ---------------------------------------------
     # tokens ~ characters / CHARS_PER_TOKEN + per image the count of a tile-sized square image
     def _scan(self) -> None:
-        per_image = self.builder.geometry.num_image_tokens((self.builder.geometry.tile_size,) * 2)
+        per_image = self.processor.geometry.num_image_tokens((self.processor.geometry.tile_size,) * 2)
         if hasattr(self.records, "length_hints"):  # HF: text columns only, no image bytes read
             hints = self.records.length_hints()
         else:
@@ -186,8 +122,6 @@ class MultimodalDataset(SkippingDataset):
 
 
 def _read_source(path: str, format: str, kwargs: Dict[str, Any], stats: SkipStats, strict: bool) -> Iterator[Record]:
-    from data_pipelines.formats import read_records
-
     return read_records(path, format, stats=stats, strict=strict, **kwargs)
 
 
@@ -204,17 +138,17 @@ class StreamingMultimodalDataset(IterableDataset):
     """Iterable: ``source(stats, strict)`` yields records (re-read each epoch). Records are dealt round-robin to
     ``world_size`` ranks x DataLoader workers, so each record goes to exactly one worker of one rank."""
 
-    def __init__(self, source: Source, builder: SampleBuilder, *,
+    def __init__(self, source: Source, processor: MultimodalProcessor, *,
                  rank: int = 0, world_size: int = 1, strict: bool = False, stats: Optional[SkipStats] = None):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} out of range for world_size {world_size}")
-        self.source, self.builder, self.rank, self.world_size, self.strict = source, builder, rank, world_size, strict
+        self.source, self.processor, self.rank, self.world_size, self.strict = source, processor, rank, world_size, strict
         self.stats = stats if stats is not None else SkipStats()
 
     @classmethod
     def for_model(cls, source: Source, model: Any, *,
                   max_length: Optional[int] = None, template: Optional[str] = None, **kwargs: Any):
-        return cls(source, SampleBuilder.for_model(model, max_length=max_length, template=template), **kwargs)
+        return cls(source, MultimodalProcessor.for_model(model, max_length=max_length, template=template), **kwargs)
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
         info = get_worker_info()
@@ -232,7 +166,7 @@ class StreamingMultimodalDataset(IterableDataset):
             if k % shards != shard:
                 continue
             try:
-                sample = self.builder.build(record)
+                sample = self.processor.encode_sample(record)
             except RecordError as err:
                 if self.strict:
                     raise

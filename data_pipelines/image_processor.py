@@ -34,9 +34,8 @@ from torch.utils.data import get_worker_info
 
 from data_pipelines.images import to_rgb
 from mllm import anyres
+from mllm.constants import CLIP_MEAN, CLIP_STD
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _BICUBIC = Image.Resampling.BICUBIC
 
 

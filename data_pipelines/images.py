@@ -27,7 +27,7 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default limit
+from mllm.constants import MAX_IMAGE_PIXELS as DEFAULT_MAX_PIXELS
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Image.Image]
 

@@ -9,7 +9,7 @@
 
     spec = MixtureSpec.from_yaml("stage2_mix.yaml")
     records = load_mixture(spec, stats=stats)                       # map-style list of Records
-    stream = StreamingMultimodalDataset(spec.stream, builder)       # or streamed (``spec.stream(stats, strict)``)
+    stream = StreamingMultimodalDataset(spec.stream, processor)       # or streamed (``spec.stream(stats, strict)``)
 
 ``weight`` is a share of the mixture: of ``num_samples`` records, source i gets a quota of
 ``num_samples * w_i / sum(w)`` (largest remainders, so the quotas add up exactly). A source with fewer

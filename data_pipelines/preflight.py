@@ -38,24 +38,24 @@ def _runs_match(runs: Sequence[int], expected: Sequence[int]) -> bool:
     return k == len(expected)
 
 
-def _check_sample(sample: Dict[str, Any], builder: Any, where: str) -> None:
+def _check_sample(sample: Dict[str, Any], processor: Any, where: str) -> None:
     labels = sample["labels"]
     if bool((labels == IGNORE_INDEX).all()):
         raise AllMaskedError(f"{where}: every label is -100; training on it would give zero loss")
-    image_id = image_token_id(builder.tokenizer, builder.image_token)
+    image_id = image_token_id(processor.tokenizer, processor.image_token)
     ids = sample["input_ids"]
     is_image = (ids == image_id).long()
     # run lengths of consecutive image ids, in order
     edges = torch.diff(torch.cat([is_image.new_zeros(1), is_image, is_image.new_zeros(1)]))
     starts, ends = (edges == 1).nonzero().flatten(), (edges == -1).nonzero().flatten()
     runs = (ends - starts).tolist()
-    expected = [builder.geometry.num_image_tokens(hw) for hw in sample["image_sizes"]]
+    expected = [processor.geometry.num_image_tokens(hw) for hw in sample["image_sizes"]]
     if not _runs_match(runs, expected) or len(sample["pixel_values"]) != len(expected):
         raise PreflightError(f"{where}: image token runs {runs} do not match the images' token counts {expected}")
     for t, hw in zip(sample["pixel_values"], sample["image_sizes"]):
-        if t.shape[0] != builder.geometry.num_tiles(hw):
+        if t.shape[0] != processor.geometry.num_tiles(hw):
             raise PreflightError(f"{where}: an image of size {hw} has {t.shape[0]} tiles, the geometry says "
-                                 f"{builder.geometry.num_tiles(hw)}")
+                                 f"{processor.geometry.num_tiles(hw)}")
 
 
 def preflight(dataset: Any, indices: Optional[Sequence[int]] = None, num_samples: int = 64,
@@ -67,7 +67,7 @@ def preflight(dataset: Any, indices: Optional[Sequence[int]] = None, num_samples
     ``PreflightError`` naming the record.
     """
     stats = stats if stats is not None else SkipStats()
-    builder = dataset.builder
+    processor = dataset.processor
     if hasattr(dataset, "records"):
         order: Iterable[int] = indices if indices is not None else range(len(dataset))
         records: Iterable[Any] = (_record_or_error(dataset.records, i) for i in order)
@@ -79,11 +79,11 @@ def preflight(dataset: Any, indices: Optional[Sequence[int]] = None, num_samples
             stats.skip(rec)
             continue
         try:
-            sample = builder.build(rec, verify=True)
+            sample = processor.encode_sample(rec, verify=True)
         except RecordError as err:
             stats.skip(err)
             continue
-        _check_sample(sample, builder, rec.where)
+        _check_sample(sample, processor, rec.where)
         checked += 1
         tokens += sample["length"]
         targets += int((sample["labels"] != IGNORE_INDEX).sum())

@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Dict, Hashable, Iterable, List, Optional, Sequence, Tuple
 
-IMAGE_MARKER = "<image>"
+from mllm.constants import IMAGE_TOKEN as IMAGE_MARKER
 ROLES = ("system", "user", "assistant")
 
 # reason -> what it means; the keys are what SkipStats counts

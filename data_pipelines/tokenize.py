@@ -9,6 +9,13 @@ without special-token insertion (BOS/EOS are in the text where the template want
 segment keeps its ids as labels, others get -100. Each ``<image>`` (one added special token) is then
 expanded to that image's ``geometry.num_image_tokens(hw)`` copies, labelled -100.
 
+    ids = encode_prompt(messages[:-1], template, tokenizer, image_token_counts=[576])  # generation prompt
+    stops = stop_token_ids(tokenizer, template.end_of_turn(tokenizer.eos_token))   # when an answer ends
+
+Training samples (``encode_conversation``) and generation prompts (``encode_prompt``, for chat, eval,
+export verification and the benchmarks) share every step below, so a prompt is tokenised exactly as the
+prompt part of a training sample. ``data_pipelines.processor.MultimodalProcessor`` is their one caller.
+
 Checks, each a clear error:
 - ``verify=True`` (the pre-flight): the ids decode back to exactly the rendered text, else
   ``TokenizationMismatch`` (LLaVA's "tokenization mismatch", which it only printed before training on
@@ -116,6 +123,35 @@ def truncate(ids: List[int], labels: List[int], max_length: int, image_id: int) 
         raise RecordError("too_long", f"{len(ids)} tokens cut to max_length={max_length} leave no target token",
                           field="messages")
     return ids, labels, True
+
+
+def encode_prompt(messages: Sequence[Dict[str, Any]], template: ChatTemplate, tokenizer: Any,
+                  image_token_counts: Sequence[int] = (), *, image_token: str = IMAGE_MARKER,
+                  add_generation_prompt: bool = True) -> List[int]:
+    """Token ids of the prompt for the next assistant turn after ``messages``, built as a training sample
+    is: segment-wise tokenisation of the template's rendering, each ``<image>`` expanded to
+    ``image_token_counts[k]`` ids (a count mismatch is a ValueError)."""
+    segments = template.render(messages, bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token,
+                               add_generation_prompt=add_generation_prompt)
+    ids, labels = encode_segments(segments, tokenizer)
+    if image_token_counts or image_token in "".join(s.text for s in segments):
+        ids, _ = expand_images(ids, labels, image_token_id(tokenizer, image_token), image_token_counts)
+    return ids
+
+
+def stop_token_ids(tokenizer: Any, end_of_turn: str = "", extra: Sequence[int] = ()) -> List[int]:
+    """EOS, the template's end-of-turn token when it is one token of its own (``<|im_end|>``), and ``extra``."""
+    stops = [int(i) for i in extra]
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stops:
+        stops.insert(0, tokenizer.eos_token_id)
+    if end_of_turn:
+        ids = tokenizer.encode(end_of_turn, add_special_tokens=False)
+        if len(ids) == 1 and ids[0] not in stops:
+            stops.append(ids[0])
+    if not stops:
+        raise ValueError("the tokenizer has no EOS token and the chat template no single end-of-turn token: "
+                         "an answer would never stop before --max-new-tokens")
+    return stops
 
 
 def encode_conversation(messages: Sequence[Dict[str, Any]], template: ChatTemplate, tokenizer: Any,

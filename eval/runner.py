@@ -41,12 +41,13 @@ from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Seque
 
 import torch
 
+from data_pipelines.processor import MultimodalProcessor
+
 log = logging.getLogger("mllm.eval")
 
 MERGED_FILE = "raw_predictions.jsonl"
 META_FILE = "raw_predictions.meta.json"
 PART_PREFIX = "raw_predictions.part-"
-IMAGE_MARKER = "<image>"
 # Rows prepared (images decoded, prompts tokenised) together and sorted by length before batching, in
 # units of the batch size: similar lengths share a batch, so little compute goes into padding.
 SORT_WINDOW_BATCHES = 8
@@ -87,7 +88,8 @@ class BatchGenerator:
         max_new_tokens: generation budget per question.
         template: chat template name (default ``model.config.chat_template``); ``system`` overrides its
             system prompt.
-        processor: image processor (default ``AnyResImageProcessor.from_config`` of the model).
+        processor: the ``MultimodalProcessor`` (default: ``MultimodalProcessor.for_model(model, template,
+            system)``); prompts, pixels, padding and stop ids all come from it.
         share_prefixes: run the common prompt prefix of rows with the same images once per batch
             (MMBench's circular passes of a question differ only in the order of the options).
 
@@ -96,69 +98,49 @@ class BatchGenerator:
     """
 
     def __init__(self, model, *, max_new_tokens: int = 16, template: Optional[str] = None,
-                 system: Optional[str] = None, processor=None, share_prefixes: bool = True):
-        from data_pipelines.templates import get_template
-
+                 system: Optional[str] = None, processor: Optional[MultimodalProcessor] = None,
+                 share_prefixes: bool = True):
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         self.model = model
         self.tokenizer = model.tokenizer
         self.max_new_tokens = max_new_tokens
-        self.template_name = template or model.config.chat_template
-        self.template = get_template(self.template_name, system=system)
         if processor is None:
-            from data_pipelines.image_processor import AnyResImageProcessor
-
-            processor = AnyResImageProcessor.from_config(model.config, tile_size=model.geometry.tile_size)
+            processor = MultimodalProcessor.for_model(model, template=template, system=system)
         self.processor = processor
-        tok = self.tokenizer
-        if tok.pad_token_id is None:
-            raise ValueError("the model's tokenizer has no pad token; batched generation needs one")
-        from mllm.chat import stop_token_ids  # one definition of "when does an answer end", shared with chat
-
-        self.stop_ids = stop_token_ids(tok, self.template.end_of_turn(tok.eos_token or ""))
+        self.template = processor.template
+        self.template_name = processor.template.name
+        processor.pad_token_id  # batched generation needs a pad token: fail here, not mid-run
+        self.stop_ids = processor.stop_ids
         self.max_length = int(getattr(model.llm.config, "max_position_embeddings", 0) or 0)
         self.share_prefixes = share_prefixes
         self.prompt_tokens = 0
         self.prefill_tokens = 0
 
     # ---- prompts -> ids ---------------------------------------------------------------------------------
+    def messages(self, question: Question) -> List[Dict[str, Any]]:
+        return [{"role": "user", "content": question.text}]
+
     def prompt_text(self, question: Question) -> str:
-        tok = self.tokenizer
-        return self.template.generation_prompt([{"role": "user", "content": question.text}],
-                                               bos_token=tok.bos_token, eos_token=tok.eos_token)
+        return self.processor.render(self.messages(question))
 
     def encode(self, questions: Sequence[Question]) -> List[Encoded]:
-        """Render and tokenise; each ``<image>`` marker becomes its image's run of image-token ids."""
+        """Render and tokenise through the processor; each image marker becomes its image's token run."""
         out: List[Encoded] = []
-        pieces: List[str] = []
-        spans: List[Tuple[int, int]] = []
+        marker = self.processor.image_token
         for q in questions:
-            parts = self.prompt_text(q).split(IMAGE_MARKER)
-            if len(parts) - 1 != len(q.images):
-                out.append(Encoded(q.key, error=f"the prompt has {len(parts) - 1} {IMAGE_MARKER} marker(s) "
+            found = self.prompt_text(q).count(marker)
+            if found != len(q.images):
+                out.append(Encoded(q.key, error=f"the prompt has {found} {marker} marker(s) "
                                                 f"but the row has {len(q.images)} image(s)"))
-                spans.append((0, 0))
                 continue
-            out.append(Encoded(q.key, images=list(q.images), image_key=tuple(_image_hash(im) for im in q.images)))
-            spans.append((len(pieces), len(pieces) + len(parts)))
-            pieces += parts
-        # one tokenizer call for every text piece of every question (the fast tokenizer batches in Rust)
-        piece_ids = self.tokenizer(pieces, add_special_tokens=False)["input_ids"] if pieces else []
-        image_id = self.model.image_token_id
-        for enc, (start, stop) in zip(out, spans):
-            if enc.error:
-                continue
-            ids: List[int] = []
-            for j, part_ids in enumerate(piece_ids[start:stop]):
-                if j:
-                    image = enc.images[j - 1]
-                    ids += [image_id] * self.model.num_image_tokens((image.height, image.width))
-                ids += part_ids
-            enc.ids = ids
-            if self.max_length and len(ids) + self.max_new_tokens > self.max_length:
-                enc.error = (f"prompt is {len(ids)} tokens; with max_new_tokens={self.max_new_tokens} it "
+            # pixels are made per batch in _generate_ids; the ids need only the image sizes
+            prompt = self.processor.encode_prompt(self.messages(q), q.images, pixels=False)
+            enc = Encoded(q.key, prompt.input_ids, list(q.images), image_key=tuple(_image_hash(im) for im in q.images))
+            if self.max_length and len(enc.ids) + self.max_new_tokens > self.max_length:
+                enc.error = (f"prompt is {len(enc.ids)} tokens; with max_new_tokens={self.max_new_tokens} it "
                              f"exceeds the model's {self.max_length} positions")
+            out.append(enc)
         return out
 
     # ---- ids -> text ------------------------------------------------------------------------------------
@@ -178,17 +160,12 @@ class BatchGenerator:
 
     def _generate_ids(self, rows: Sequence[Encoded]) -> Tuple[List[str], List[int]]:
         model, tok = self.model, self.tokenizer
-        width = max(len(e.ids) for e in rows)
-        input_ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)  # (B, L)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, L)
-        for r, e in enumerate(rows):  # left padding: every prompt ends at the last column
-            input_ids[r, width - len(e.ids):] = torch.tensor(e.ids, dtype=torch.long)
-            mask[r, width - len(e.ids):] = 1
+        input_ids, mask = self.processor.pad([e.ids for e in rows])  # (B, L) each, left-padded
         input_ids, mask = input_ids.to(model.device), mask.to(model.device)
         images = [im for e in rows for im in e.images]
         kwargs: Dict[str, Any] = {}
         if images:
-            pixels = self.processor(images)  # pixel_values (N, T_max, 3, S, S), image_sizes (N, 2)
+            pixels = self.processor.images(images)  # pixel_values (N, T_max, 3, S, S), image_sizes (N, 2)
             kwargs = {"pixel_values": pixels["pixel_values"].to(model.device),
                       "image_sizes": pixels["image_sizes"].to(model.device)}
         gen_kwargs = dict(max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,

@@ -11,11 +11,9 @@
 
 Two backends behind one interface (``ChatBackend``: ``render``, ``encode``, ``generate``, ``decode``):
 
-- ``MllmBackend``, an mllm checkpoint (``MultimodalLM.from_pretrained``). A prompt is built the way
-  training builds a sample: the model's chat template (``model.config.chat_template``) renders segments,
-  they are tokenised segment by segment (``data_pipelines.tokenize.encode_segments``), each ``<image>``
-  becomes ``model.num_image_tokens(hw)`` ids (``expand_images``), and images are loaded and tiled by the
-  training loader and ``AnyResImageProcessor``. So chat sees exactly the training format.
+- ``MllmBackend``, an mllm checkpoint (``MultimodalLM.from_pretrained``). Prompts and pixels come from the
+  model's ``MultimodalProcessor`` (``encode_prompt``), the object that also builds the training samples, so
+  chat sees exactly the training format.
 - ``TransformersBackend``, an exported checkpoint run with plain transformers: ``AutoProcessor`` +
   ``AutoModelForImageTextToText`` (a text-only causal LM: ``AutoTokenizer`` + ``AutoModelForCausalLM``),
   the processor's ``apply_chat_template`` and image handling. A remote-code export (``auto_map`` in its
@@ -38,7 +36,12 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO
 import torch
 from transformers import TextStreamer
 
-IMAGE_MARKER = "<image>"
+from data_pipelines.images import ImageLoadError, load_image
+from data_pipelines.processor import MultimodalProcessor
+from data_pipelines.tokenize import stop_token_ids
+from mllm.checkpoint import load_pretrained
+from mllm.config import CONFIG_NAME
+from mllm.constants import IMAGE_TOKEN as IMAGE_MARKER, MAX_IMAGE_PIXELS
 
 
 class ChatError(ValueError):
@@ -78,35 +81,6 @@ class Prompt:
         return int(self.input_ids.shape[1])
 
 
-def stop_token_ids(tokenizer: Any, end_of_turn: str = "", extra: Sequence[int] = ()) -> List[int]:
-    """EOS, the template's end-of-turn token when it is one token of its own (``<|im_end|>``), and ``extra``."""
-    stops = [int(i) for i in extra]
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stops:
-        stops.insert(0, tokenizer.eos_token_id)
-    if end_of_turn:
-        ids = tokenizer.encode(end_of_turn, add_special_tokens=False)
-        if len(ids) == 1 and ids[0] not in stops:
-            stops.append(ids[0])
-    if not stops:
-        raise ValueError("the tokenizer has no EOS token and the chat template no single end-of-turn token: "
-                         "an answer would never stop before --max-new-tokens")
-    return stops
-
-
-def encode_generation_prompt(messages: Sequence[Dict[str, Any]], template: Any, tokenizer: Any,
-                             image_token_counts: Sequence[int] = (), image_token: str = IMAGE_MARKER) -> List[int]:
-    """Token ids of the prompt for the next assistant turn, built as training builds a sample: segment-wise
-    tokenisation of the template's rendering, each ``<image>`` expanded to ``image_token_counts[k]`` ids."""
-    from data_pipelines.tokenize import encode_segments, expand_images, image_token_id
-
-    segments = template.render(messages, bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token,
-                               add_generation_prompt=True)
-    ids, labels = encode_segments(segments, tokenizer)
-    if image_token_counts:
-        ids, _ = expand_images(ids, labels, image_token_id(tokenizer, image_token), image_token_counts)
-    return ids
-
-
 # ---- backends ----------------------------------------------------------------------------------------------------
 class ChatBackend:
     """What a chat needs from a model. Subclasses set the attributes and implement ``render``/``encode``/
@@ -119,7 +93,7 @@ class ChatBackend:
     no_images_reason: str = ""
     context_length: Optional[int] = None  # positions the model can attend over (prompt + answer)
     stop_ids: List[int] = []
-    max_pixels: int = 89_478_485
+    max_pixels: int = MAX_IMAGE_PIXELS
 
     @property
     def accepts_images(self) -> bool:
@@ -149,45 +123,31 @@ class MllmBackend(ChatBackend):
     kind = "mllm"
 
     def __init__(self, model, source: str = "<memory>"):
-        from data_pipelines.image_processor import AnyResImageProcessor
-        from data_pipelines.templates import get_template
-        from data_pipelines.tokenize import image_token_id
-
         cfg = model.config
         self.model, self.source, self.tokenizer = model, source, model.tokenizer
-        self.template = get_template(cfg.chat_template)
-        self.processor = AnyResImageProcessor.from_config(cfg, tile_size=model.geometry.tile_size)
-        self.max_pixels = cfg.image.max_pixels
+        self.processor = MultimodalProcessor.for_model(model)
+        self.template = self.processor.template
+        self.max_pixels = self.processor.max_pixels
         try:
-            image_token_id(self.tokenizer, cfg.image_token)
+            self.processor.image_token_id
             self.image_token = cfg.image_token
         except ValueError as e:
             self.image_token, self.no_images_reason = None, str(e)
         limits = [int(v) for v in (cfg.max_length, getattr(model.llm.config, "max_position_embeddings", None)) if v]
         self.context_length = min(limits) if limits else None
-        tok = self.tokenizer
-        self.stop_ids = stop_token_ids(tok, self.template.end_of_turn(tok.eos_token or ""))
+        self.stop_ids = self.processor.stop_ids
 
     @classmethod
     def from_pretrained(cls, path: str, device: str = "cpu", dtype: Optional[torch.dtype] = None) -> "MllmBackend":
-        from .checkpoint import load_pretrained
-
         return cls(load_pretrained(path, device=device, dtype=dtype).eval(), source=path)
 
     def render(self, messages: Sequence[Dict[str, Any]]) -> str:
-        tok = self.tokenizer
-        return self.template.generation_prompt(messages, bos_token=tok.bos_token, eos_token=tok.eos_token)
+        return self.processor.render(messages)
 
     def encode(self, messages: Sequence[Dict[str, Any]], images: Sequence[Any]) -> Prompt:
-        model_inputs: Dict[str, torch.Tensor] = {}
-        counts: List[int] = []
-        if images:
-            batch = self.processor(list(images))  # pixel_values (N, T_max, 3, S, S), image_sizes (N, 2)
-            counts = [self.model.num_image_tokens(hw) for hw in batch["image_sizes"].tolist()]
-            model_inputs = {"pixel_values": batch["pixel_values"], "image_sizes": batch["image_sizes"]}
-        ids = encode_generation_prompt(messages, self.template, self.tokenizer, counts,
-                                       self.image_token or IMAGE_MARKER)
-        return Prompt(self.render(messages), torch.tensor([ids], dtype=torch.long), model_inputs, sum(counts))
+        enc = self.processor.encode_prompt(messages, images)  # pixel_values (N, T_max, 3, S, S) with images
+        return Prompt(enc.text, torch.tensor([enc.input_ids], dtype=torch.long), enc.model_inputs(),
+                      enc.num_image_tokens)
 
     def generate(self, prompt: Prompt, max_new_tokens: int, streamer=None, **sampling: Any) -> List[int]:
         model = self.model
@@ -316,8 +276,6 @@ class TransformersBackend(ChatBackend):
 
 def checkpoint_kind(path: str) -> str:
     """``"mllm"`` (our checkpoint) or ``"transformers"`` (an export / a transformers directory)."""
-    from .config import CONFIG_NAME
-
     if not os.path.isdir(path):
         raise FileNotFoundError(f"--model {path!r} is not a directory")
     if os.path.isfile(os.path.join(path, CONFIG_NAME)):
@@ -385,8 +343,6 @@ class ChatSession:
 
     def attach_image(self, source: Any):
         """Load ``source`` (a path, bytes or a PIL image) for the next user turn; returns the image."""
-        from data_pipelines.images import ImageLoadError, load_image
-
         if not self.backend.accepts_images:
             raise ChatError(f"this model takes no images: {self.backend.no_images_reason}")
         if isinstance(source, (str, os.PathLike)):

@@ -20,6 +20,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
+from connectors.config import ConnectorConfig  # the connector owns its config; composed here
+
+from .constants import CLIP_MEAN, CLIP_STD, IMAGE_TOKEN, MAX_IMAGE_PIXELS
+
 CONFIG_NAME = "mllm_config.json"
 
 
@@ -36,15 +40,6 @@ class VisionConfig:
     feature_layer: Union[int, List[int]] = -2
     # "default": drop the CLS token; "full": keep every token (SigLIP has no CLS)
     select_strategy: str = "default"
-
-
-@dataclass
-class ConnectorConfig:
-    # registry key: "mlp2x_gelu" | "qformer"
-    kind: str = "mlp2x_gelu"
-    num_queries: int = 32
-    # Blip2QFormerConfig kwargs for the Q-Former (hidden_size, num_hidden_layers, ...)
-    qformer: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -73,9 +68,9 @@ class AnyResConfig:
 class ImageConfig:
     # tile size fed to the tower (defaults to the tower's own image_size)
     size: Optional[int] = None
-    mean: Tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-    std: Tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
-    max_pixels: int = 89_478_485  # decompression-bomb guard (PIL's default limit)
+    mean: Tuple[float, float, float] = CLIP_MEAN
+    std: Tuple[float, float, float] = CLIP_STD
+    max_pixels: int = MAX_IMAGE_PIXELS  # decompression-bomb guard
 
 
 @dataclass
@@ -87,7 +82,7 @@ class ModelConfig:
     anyres: AnyResConfig = field(default_factory=AnyResConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     chat_template: str = "vicuna_v1"
-    image_token: str = "<image>"
+    image_token: str = IMAGE_TOKEN
     max_length: int = 2048
     gen_head: Optional[Dict[str, Any]] = None
 

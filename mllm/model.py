@@ -24,8 +24,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from connectors import build_connector
+from connectors.registry import build_connector
 
+from .batching import pad_left
 from .config import ModelConfig
 from .geometry import ImageGeometry
 from .llm import load_llm
@@ -254,15 +255,3 @@ def gen_prompt_ids(tokenizer, prompt: str) -> List[int]:
     ids = tokenizer.encode(prompt, add_special_tokens=False)
     bos = tokenizer.bos_token_id
     return ([bos] if bos is not None else []) + list(ids)
-
-
-def pad_left(rows: Sequence[Sequence[int]], pad_id: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Token rows -> (ids, mask) (B, L_max), real tokens at the right end."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
-            mask[i, width - len(r):] = 1
-    return ids, mask

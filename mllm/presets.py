@@ -16,14 +16,11 @@ from __future__ import annotations
 from typing import Callable, Dict
 
 from .config import AnyResConfig, ConnectorConfig, ImageConfig, LLMConfig, ModelConfig, VisionConfig
+from .constants import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD
 from .registry import Registry
 
 PRESETS: Registry[Callable[[], ModelConfig]] = Registry("preset")
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-SIGLIP_MEAN = (0.5, 0.5, 0.5)
-SIGLIP_STD = (0.5, 0.5, 0.5)
 
 LLAVA_NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 SIGLIP_384_PINPOINTS = [[384, 768], [768, 384], [768, 768], [1152, 384], [384, 1152]]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from data_pipelines.collate import PackingCollator, PaddingCollator, pack_first_fit, packed_attention_mask
-from data_pipelines.dataset import SampleBuilder
+from data_pipelines.processor import MultimodalProcessor
 from data_pipelines.records import Record
 from data_pipelines.tokenize import IGNORE_INDEX
 from tests._data_helpers import png, tiny_model
@@ -25,8 +25,8 @@ def samples(tmp_path_factory):
         Record("img2", [{"role": "user", "content": "<image>\n<image>\nCompare."},
                         {"role": "assistant", "content": "Green, then blue."}], [big, wide]),
     ]
-    builder = SampleBuilder.for_model(tiny_model(), max_length=512)
-    return [builder.build(r) for r in recs]
+    builder = MultimodalProcessor.for_model(tiny_model(), max_length=512)
+    return [builder.encode_sample(r) for r in recs]
 
 
 def test_padding_collator_shapes_and_image_order(samples):

@@ -9,7 +9,8 @@ from tokenizers import normalizers
 from torch.utils.data import DataLoader
 
 from data_pipelines.collate import PaddingCollator
-from data_pipelines.dataset import MultimodalDataset, SampleBuilder, StreamingMultimodalDataset, stream_source
+from data_pipelines.dataset import MultimodalDataset, StreamingMultimodalDataset, stream_source
+from data_pipelines.processor import MultimodalProcessor
 from data_pipelines.formats import load_records
 from data_pipelines.image_processor import AnyResImageProcessor
 from data_pipelines.preflight import PreflightError, preflight
@@ -60,7 +61,7 @@ def test_sample_contents(data):
 def test_builder_refuses_a_processor_that_disagrees_with_the_geometry():
     model = tiny_model()
     with pytest.raises(ValueError, match="disagrees with the model geometry"):
-        SampleBuilder(model.tokenizer, get_template("plain"), model.geometry, AnyResImageProcessor(32, None))
+        MultimodalProcessor(model.tokenizer, get_template("plain"), model.geometry, AnyResImageProcessor(32, None))
 
 
 def test_preflight_passes_and_reports(data):
@@ -80,12 +81,12 @@ def test_preflight_catches_tokenization_mismatch_and_all_masked(data):
     ensure_image_token(lossy)
     lossy.backend_tokenizer.normalizer = normalizers.Lowercase()
     proc = AnyResImageProcessor.from_config(model.config)
-    bad_tok = MultimodalDataset(load_records(path), SampleBuilder(lossy, get_template("vicuna_v1"),
+    bad_tok = MultimodalDataset(load_records(path), MultimodalProcessor(lossy, get_template("vicuna_v1"),
                                                                   model.geometry, proc, max_length=400))
     bad_tok[0]  # training alone would not notice
     with pytest.raises(TokenizationMismatch, match=r"train.json\[0\] \(id=one\): the token ids do not decode"):
         preflight(bad_tok)
-    masked = MultimodalDataset(load_records(path), SampleBuilder(model.tokenizer, _NoTargets(), model.geometry,
+    masked = MultimodalDataset(load_records(path), MultimodalProcessor(model.tokenizer, _NoTargets(), model.geometry,
                                                                  proc, max_length=400))
     with pytest.raises(AllMaskedError, match=r"\(id=one\): no token has a label"):
         preflight(masked)

@@ -9,7 +9,8 @@ import os
 import pytest
 from PIL import Image
 
-from data_pipelines.dataset import MultimodalDataset, SampleBuilder
+from data_pipelines.dataset import MultimodalDataset
+from data_pipelines.processor import MultimodalProcessor
 from data_pipelines.formats import detect_format, load_records, read_records
 from data_pipelines.records import SkipStats
 from tests._data_helpers import llava, png, tiny_model, write_json, write_lines
@@ -142,7 +143,7 @@ def test_hf_parquet_and_save_to_disk_with_image_feature(tmp_path, images):
         _check_hf(lazy[i] for i in range(3))
         _check_hf(read_records(path, streaming=True, cache_dir=cache))
         # the sampler's estimates read only the text columns, and agree with the converted records
-        builder = SampleBuilder.for_model(tiny_model())
+        builder = MultimodalProcessor.for_model(tiny_model())
         converted = MultimodalDataset([lazy[i] for i in range(3)], builder)
         assert MultimodalDataset(lazy, builder).lengths == converted.lengths
         assert MultimodalDataset(lazy, builder).modalities == ["image"] * 3
@@ -177,7 +178,7 @@ def test_hf_imagefolder_with_captions(tmp_path):
     streamed = list(read_records(str(folder), streaming=True, cache_dir=str(tmp_path / "cache")))
     assert len(streamed) == 2
     lazy = load_records(str(folder), cache_dir=str(tmp_path / "cache"))
-    assert MultimodalDataset(lazy, SampleBuilder.for_model(tiny_model())).modalities == ["image", "image"]
+    assert MultimodalDataset(lazy, MultimodalProcessor.for_model(tiny_model())).modalities == ["image", "image"]
 
 
 def test_auto_detection_errors(tmp_path):

@@ -9,7 +9,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from data_pipelines.collate import PaddingCollator
-from data_pipelines.dataset import MultimodalDataset, SampleBuilder, StreamingMultimodalDataset, stream_source
+from data_pipelines.dataset import MultimodalDataset, StreamingMultimodalDataset, stream_source
+from data_pipelines.processor import MultimodalProcessor
 from data_pipelines.formats import load_records, read_records
 from data_pipelines.records import RecordError, SkipStats
 from tests._data_helpers import llava, png, tiny_model
@@ -83,7 +84,7 @@ def broken(tmp_path_factory):
 
 
 def _builder(max_length=MAX_LENGTH):
-    return SampleBuilder.for_model(tiny_model(), max_length=max_length)
+    return MultimodalProcessor.for_model(tiny_model(), max_length=max_length)
 
 
 def test_read_time_skips_are_counted_exactly_and_neighbours_survive(broken):

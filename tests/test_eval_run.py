@@ -192,7 +192,7 @@ def test_generation_matches_plain_model_generate(connector, llm_type, template):
     for r, e in enumerate(encoded):
         ids[r, width - len(e.ids):] = torch.tensor(e.ids)
         mask[r, width - len(e.ids):] = 1
-    pixels = gen.processor([im for q in questions for im in q.images])
+    pixels = gen.processor.images([im for q in questions for im in q.images])
     plain = model.generate(ids, mask, pixel_values=pixels["pixel_values"], image_sizes=pixels["image_sizes"],
                            max_new_tokens=5, eos_token_id=gen.stop_ids)
     expected = []

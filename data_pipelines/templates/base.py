@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-IMAGE_MARKER = "<image>"
+from mllm.constants import IMAGE_TOKEN as IMAGE_MARKER
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,9 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 
-from .common import chat_template_jinja, load_for_export, merge_lora_if_any
+from data_pipelines.processor import MultimodalProcessor
+
+from .common import load_for_export, merge_lora_if_any
 
 PATHS = ("auto", "native", "remote")
 
@@ -88,8 +90,9 @@ def export_model(source, out_dir: str, *, verify: bool = False, path: str = "aut
     route, conv, reason = choose_path(model, path)
     if log:
         log(f"export path: {route}" + (f" (not native: {reason})" if reason else ""))
-    template = chat_template_jinja(model.config.chat_template, log)
-    kwargs = dict(chat_template=template, dtype=dtype, max_shard_size=max_shard_size, log=log)
+    processor = MultimodalProcessor.for_model(model)  # the chat template and end-of-turn ids training used
+    kwargs = dict(chat_template=processor.template.jinja(), dtype=dtype, max_shard_size=max_shard_size,
+                  stop_ids=processor.stop_ids, log=log)
     if route == "remote":
         config = export_remote(model, out_dir, conv, **kwargs)
     else:

@@ -1,10 +1,10 @@
-"""Pieces every export path shares: loading a checkpoint (LoRA merged), portable tokenizer files, the chat
-template, generation config and safetensors weights.
+"""Pieces every export path shares: loading a checkpoint (LoRA merged), portable tokenizer files, generation
+config and safetensors weights.
 
     model = load_for_export("ckpt")            # mllm checkpoint in float32; a LoRA adapter in it is merged
     model = merge_lora_if_any(model)           # in memory: peft-wrapped LLM -> plain merged weights
     write_tokenizer(model.tokenizer, out, image_token="<image>", chat_template=jinja_or_None)
-    write_generation_config(model.tokenizer, out)
+    write_generation_config(model.tokenizer, out, stop_ids=processor.stop_ids)   # EOS + end-of-turn ids
     write_weights(state_dict, out)             # model.safetensors (sharded above max_shard_size)
 
 The tokenizer files are written in the layout both transformers 4.57 and 5.x read (ENVIRONMENT.md):
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -62,19 +62,6 @@ def load_for_export(path: str, log: Optional[Log] = None):
     return merge_lora_if_any(model, log).eval()
 
 
-# ---- chat template -------------------------------------------------------------------------------------
-def chat_template_jinja(name: str, log: Optional[Log] = None) -> Optional[str]:
-    """The Jinja source of our chat template ``name`` (from ``data_pipelines.templates``), or None when that
-    registry is not available in this installation."""
-    try:
-        from data_pipelines.templates import get_template
-    except ImportError:
-        if log:
-            log(f"no chat template written: data_pipelines.templates is not available (template {name!r})")
-        return None
-    return get_template(name).jinja()  # unknown names raise a ValueError listing the known ones
-
-
 # ---- tokenizer ------------------------------------------------------------------------------------------
 def write_tokenizer(tokenizer, out_dir: str, image_token: str = "<image>",
                     chat_template: Optional[str] = None) -> None:
@@ -100,9 +87,11 @@ def write_tokenizer(tokenizer, out_dir: str, image_token: str = "<image>",
     # 4.57 reads this as {attribute: token}; it gives the tokenizer an ``image_token`` attribute, which
     # Llava processors of both versions use
     cfg["extra_special_tokens"] = {"image_token": image_token}
+    cfg["add_bos_token"] = cfg["add_eos_token"] = False  # see no_default_specials
     with open(path, "w") as f:
         json.dump(cfg, f, indent=2, ensure_ascii=False)
         f.write("\n")
+    no_default_specials(out_dir)
     template_path = os.path.join(out_dir, CHAT_TEMPLATE_FILE)
     if chat_template is not None:
         with open(template_path, "w") as f:
@@ -111,15 +100,65 @@ def write_tokenizer(tokenizer, out_dir: str, image_token: str = "<image>",
         os.remove(template_path)
 
 
-def write_generation_config(tokenizer, out_dir: str, text_config: Optional[Dict[str, Any]] = None) -> None:
-    """generation_config.json with the special ids generation needs (greedy by default, like ours)."""
+def no_default_specials(out_dir: str) -> None:
+    """Make the saved ``tokenizer.json`` add no special tokens by default.
+
+    The chat template writes BOS (and EOS) into the text where the format wants them, as training does. A
+    tokenizer that also adds BOS by default (Llama's ``TemplateProcessing "<s> $A"``) would give two BOS to
+    every tool that renders the template and then tokenises with default settings (``processor(text=...)``,
+    lmms-eval, ...). Without added specials, render-then-tokenise gives the training ids whatever the
+    tool's ``add_special_tokens``, and so does ``apply_chat_template(tokenize=True)`` (vLLM, transformers).
+    """
+    path = os.path.join(out_dir, "tokenizer.json")
+    if not os.path.isfile(path):  # a slow-only tokenizer: tokenizer_config's add_bos_token governs
+        return
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    data["post_processor"] = _without_specials(data.get("post_processor"))
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, ensure_ascii=False)
+    from tokenizers import Tokenizer  # here, not at the top: a dependency of transformers, used by this check only
+
+    tok = Tokenizer.from_file(path)
+    if tok.encode("a").ids != tok.encode("a", add_special_tokens=False).ids:
+        raise ValueError(f"{path}: the tokenizer still adds special tokens by default (post_processor "
+                         f"{data['post_processor']!r}); render-then-tokenise would double them")
+
+
+def _without_specials(pp: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    if pp is None:
+        return None
+    kind = pp.get("type")
+    if kind == "TemplateProcessing":
+        def keep(seq):
+            return [piece for piece in seq if "SpecialToken" not in piece]
+
+        return dict(pp, single=keep(pp["single"]), pair=keep(pp["pair"]), special_tokens={})
+    if kind == "Sequence":
+        inner = [q for q in (_without_specials(p) for p in pp["processors"]) if q is not None]
+        return dict(pp, processors=inner)
+    if kind in ("BertProcessing", "RobertaProcessing"):
+        return None  # they exist to add CLS / SEP
+    return pp  # ByteLevel: offsets only
+
+
+def write_generation_config(tokenizer, out_dir: str, text_config: Optional[Dict[str, Any]] = None,
+                            stop_ids: Sequence[int] = ()) -> None:
+    """generation_config.json with the special ids generation needs (greedy by default, like ours).
+
+    ``eos_token_id`` lists every id an answer ends on: EOS and the chat template's end-of-turn token
+    (ChatML's ``<|im_end|>``, Llama-3's ``<|eot_id|>``; ``MultimodalProcessor.stop_ids``), so plain
+    ``generate`` stops where our chat and eval stop."""
     text_config = text_config or {}
 
     def pick(name):
         value = getattr(tokenizer, f"{name}_token_id", None)
         return value if value is not None else text_config.get(f"{name}_token_id")
 
-    gen = {"bos_token_id": pick("bos"), "eos_token_id": pick("eos"), "pad_token_id": pick("pad"),
+    eos = [int(i) for i in stop_ids] or pick("eos")
+    if isinstance(eos, list) and len(eos) == 1:
+        eos = eos[0]
+    gen = {"bos_token_id": pick("bos"), "eos_token_id": eos, "pad_token_id": pick("pad"),
            "do_sample": False}
     with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
         json.dump({k: v for k, v in gen.items() if v is not None}, f, indent=2)

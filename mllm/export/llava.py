@@ -22,7 +22,7 @@ written (the portable layout of ENVIRONMENT.md):
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 
@@ -134,7 +134,7 @@ def processor_config(model) -> Dict[str, Any]:
 
 
 def export_llava(model, conv: ConvertedTower, out_dir: str, *, chat_template: Optional[str] = None,
-                 dtype: Optional[torch.dtype] = None, max_shard_size="5GB",
+                 dtype: Optional[torch.dtype] = None, max_shard_size="5GB", stop_ids: Sequence[int] = (),
                  log: Optional[Log] = None) -> Dict[str, Any]:
     """Write the native checkpoint of ``model`` (LoRA already merged) into ``out_dir``; returns config.json."""
     reason = native_blocker(model)
@@ -152,7 +152,7 @@ def export_llava(model, conv: ConvertedTower, out_dir: str, *, chat_template: Op
     write_json(image_processor_config(model), os.path.join(out_dir, "preprocessor_config.json"))
     write_json(processor_config(model), os.path.join(out_dir, "processor_config.json"))
     write_tokenizer(model.tokenizer, out_dir, image_token=model.config.image_token, chat_template=chat_template)
-    write_generation_config(model.tokenizer, out_dir, cfg["text_config"])
+    write_generation_config(model.tokenizer, out_dir, cfg["text_config"], stop_ids)
     if log:
         log(f"wrote {cfg['architectures'][0]} ({len(state)} tensors) to {out_dir}")
     return cfg

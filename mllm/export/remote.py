@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 
@@ -143,7 +143,7 @@ def processor_files(model) -> Dict[str, Dict[str, Any]]:
 
 
 def export_remote(model, out_dir: str, conv: Optional[ConvertedTower] = None, *, chat_template: Optional[str] = None,
-                  dtype: Optional[torch.dtype] = None, max_shard_size="5GB",
+                  dtype: Optional[torch.dtype] = None, max_shard_size="5GB", stop_ids: Sequence[int] = (),
                   log: Optional[Log] = None) -> Dict[str, Any]:
     """Write ``model`` (LoRA already merged) as a trust_remote_code checkpoint; returns config.json."""
     os.makedirs(out_dir, exist_ok=True)
@@ -162,7 +162,7 @@ def export_remote(model, out_dir: str, conv: Optional[ConvertedTower] = None, *,
     for name, data in processor_files(model).items():
         write_json(data, os.path.join(out_dir, name))
     write_tokenizer(model.tokenizer, out_dir, image_token=model.config.image_token, chat_template=chat_template)
-    write_generation_config(model.tokenizer, out_dir, cfg["text_config"])
+    write_generation_config(model.tokenizer, out_dir, cfg["text_config"], stop_ids)
     if log:
         log(f"wrote MllmForConditionalGeneration (remote code, {cfg['vision_backend']} tower, "
             f"{cfg['connector']} connector, {len(state)} tensors) to {out_dir}")

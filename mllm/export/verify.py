@@ -5,7 +5,7 @@
     verify_exports([(m1, "out1/"), (m2, "out2/")])  # one transformers process for several exports
 
 The same image and conversation go through both sides, each with its own processor and chat template:
-ours (``data_pipelines.templates`` + ``AnyResImageProcessor`` + ``model.num_image_tokens``) in this process,
+ours (``MultimodalProcessor.encode_prompt``, the encoder chat and eval use) in this process,
 and the export's ``AutoProcessor`` (``apply_chat_template`` with its ``chat_template.jinja``) +
 ``AutoModelForImageTextToText`` in a subprocess that imports only transformers (``mllm/export/hf_runner.py``,
 run with ``python -I``; ``trust_remote_code`` only for remote-code exports). The export passes when the
@@ -24,7 +24,14 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
+from PIL import Image, ImageDraw
+from safetensors.torch import load_file
+
+from data_pipelines.processor import MultimodalProcessor
+
+from .common import CHAT_TEMPLATE_FILE
 
 RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_runner.py")
 QUESTION = "What is in the image?"
@@ -70,9 +77,6 @@ class VerifyResult:
 
 def default_image(tile: int):
     """A deterministic non-square test image (coloured bands and a disc) that needs AnyRes padding."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
     h, w = int(tile * 1.4) + 3, int(tile * 2.3) + 1
     yy, xx = np.mgrid[0:h, 0:w]
     arr = np.stack([(xx * 255 // max(w - 1, 1)), (yy * 255 // max(h - 1, 1)), ((xx + yy) * 7) % 256], -1)
@@ -85,35 +89,29 @@ def default_messages(question: str = QUESTION) -> List[dict]:
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
 
 
-def our_prompt(model, messages: List[dict], export_dir: str) -> Optional[str]:
+def our_prompt(processor: MultimodalProcessor, messages: List[dict], export_dir: str) -> Optional[str]:
     """The generation prompt our chat template renders (None when the export carries no template)."""
-    from .common import CHAT_TEMPLATE_FILE
-
     if not os.path.isfile(os.path.join(export_dir, CHAT_TEMPLATE_FILE)):
         return None
-    from data_pipelines.templates import get_template
-
-    tok = model.tokenizer
-    return get_template(model.config.chat_template).generation_prompt(
-        messages, bos_token=tok.bos_token, eos_token=tok.eos_token)
+    return processor.render(messages)
 
 
 @torch.no_grad()
-def _ours(model, image, prompt: str, max_new_tokens: int):
-    from data_pipelines.image_processor import AnyResImageProcessor
-
-    proc = AnyResImageProcessor.from_config(model.config, tile_size=model.geometry.tile_size, num_threads=1)
-    batch = proc([image])
-    hw = tuple(int(v) for v in batch["image_sizes"][0].tolist())
-    tok = model.config.image_token
-    text = prompt.replace(tok, tok * model.num_image_tokens(hw))
-    # as the data pipeline does: the template writes BOS/EOS into the text; nothing is added
-    enc = model.tokenizer(text, add_special_tokens=False, return_tensors="pt")
-    ids, mask = enc["input_ids"], enc["attention_mask"]
-    logits = model(ids, mask, pixel_values=batch["pixel_values"], image_sizes=batch["image_sizes"]).logits.float()
-    new = model.generate(ids, mask, pixel_values=batch["pixel_values"], image_sizes=batch["image_sizes"],
-                         max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False)
-    return ids, batch["pixel_values"], logits, new
+def _ours(model, image, messages: List[dict], prompt: Optional[str], max_new_tokens: int):
+    """Our side: the processor encodes the conversation (or, for an export without a chat template, the
+    fallback ``prompt`` text) exactly as chat and eval do; then logits and greedy tokens."""
+    processor = MultimodalProcessor.for_model(model, num_threads=1)
+    if prompt is None:
+        enc = processor.encode_prompt(messages, [image])
+    else:
+        enc = processor.encode_text(prompt, [image])
+    ids = torch.tensor([enc.input_ids], dtype=torch.long)  # (1, L)
+    mask = torch.ones_like(ids)
+    extra = enc.model_inputs()  # pixel_values (1, T, 3, S, S), image_sizes (1, 2)
+    logits = model(ids, mask, **extra).logits.float()
+    new = model.generate(ids, mask, **extra, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                         do_sample=False)
+    return ids, extra["pixel_values"], logits, new
 
 
 def run_transformers_side(jobs: List[dict], python: Optional[str] = None, timeout: float = 1800) -> List[dict]:
@@ -151,8 +149,6 @@ def verify_exports(pairs: Sequence[Tuple[object, str]], *, image=None, question:
     The prompt is one user turn (the image, then ``question``) rendered by our chat template on our side
     and by the export's ``chat_template.jinja`` on theirs; both renderings must be the same text.
     """
-    from safetensors.torch import load_file
-
     messages = default_messages(question)
     with tempfile.TemporaryDirectory(prefix="mllm_verify_") as tmp:
         jobs, ours, prompts = [], [], []
@@ -160,11 +156,11 @@ def verify_exports(pairs: Sequence[Tuple[object, str]], *, image=None, question:
             with open(os.path.join(export_dir, "config.json")) as f:
                 hf_cfg = json.load(f)
             img = image if image is not None else default_image(model.geometry.tile_size)
-            text = our_prompt(model, messages, export_dir)
+            text = our_prompt(MultimodalProcessor.for_model(model), messages, export_dir)
             prompts.append(text)
-            if text is None:
-                text = FALLBACK_PROMPT.format(image=model.config.image_token)
-            ours.append(_ours(_reference(model, hf_cfg), img, text, max_new_tokens))
+            fallback = FALLBACK_PROMPT.format(image=model.config.image_token) if text is None else None
+            ours.append(_ours(_reference(model, hf_cfg), img, messages, fallback, max_new_tokens))
+            text = text if text is not None else fallback
             image_path = os.path.join(tmp, f"image{i}.png")
             img.convert("RGB").save(image_path)
             jobs.append({"model": export_dir, "image": image_path, "prompt": text, "max_new_tokens": max_new_tokens,

@@ -28,12 +28,10 @@ from transformers import (CLIPVisionConfig, CLIPVisionModel, PretrainedConfig, P
 from transformers.utils import cached_file
 
 from ..config import VisionConfig
+from ..constants import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD
 from .base import VisionTower, check_select_strategy, jsonable as _jsonable, resolve_feature_layers
 
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-SIGLIP_MEAN = (0.5, 0.5, 0.5)
-SIGLIP_STD = (0.5, 0.5, 0.5)
+OPENAI_CLIP_MEAN, OPENAI_CLIP_STD = CLIP_MEAN, CLIP_STD
 
 # kind -> (config class, model class, default mean, default std)
 _KINDS = {
