@@ -43,20 +43,18 @@ def main(argv=None) -> int:
     import transformers
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from data_pipelines.image_processor import AnyResImageProcessor
-    from data_pipelines.templates import get_template
+    from data_pipelines.processor import MultimodalProcessor
     from mllm import MultimodalLM, get_preset
-    from mllm.export import export_model
-    from mllm.export.verify import default_image, default_messages
+    from mllm.app.export import export_model
+    from mllm.app.export.verify import default_image, default_messages
     from mllm.presets import offline
 
     torch.manual_seed(args.seed)
     model = MultimodalLM.build(offline(get_preset(args.preset))).float().eval()
     n_params = sum(p.numel() for p in model.parameters())
     image = default_image(model.geometry.tile_size)
-    tok = model.tokenizer
-    prompt = get_template(model.config.chat_template).generation_prompt(
-        default_messages(), bos_token=tok.bos_token, eos_token=tok.eos_token)
+    ours_proc = MultimodalProcessor.for_model(model, num_threads=1)
+    prompt = ours_proc.render(default_messages())
 
     with tempfile.TemporaryDirectory(prefix="mllm_decode_bench_") as out:
         report = export_model(model, out, log=None)
@@ -64,13 +62,10 @@ def main(argv=None) -> int:
         processor = AutoProcessor.from_pretrained(out, **backend)
         theirs = AutoModelForImageTextToText.from_pretrained(out, dtype=torch.float32).eval()
 
-    # ours: our processor and token expansion, exactly as the data pipeline / chat do
-    proc = AnyResImageProcessor.from_config(model.config, tile_size=model.geometry.tile_size, num_threads=1)
-    batch = proc([image])
-    n_img = model.num_image_tokens(tuple(batch["image_sizes"][0].tolist()))
-    ids = tok(prompt.replace("<image>", "<image>" * n_img), add_special_tokens=False, return_tensors="pt")
-    ours_inputs = dict(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"],
-                       pixel_values=batch["pixel_values"], image_sizes=batch["image_sizes"])
+    # ours: the processor chat and eval use
+    enc = ours_proc.encode_prompt(default_messages(), [image])
+    input_ids = torch.tensor([enc.input_ids])
+    ours_inputs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **enc.model_inputs())
     their_inputs = processor(images=[image], text=prompt, add_special_tokens=False, return_tensors="pt")
     n = args.new_tokens
     gen = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False)

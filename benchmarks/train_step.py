@@ -6,7 +6,7 @@ Run from the repository root::
         [--model CKPT_DIR] [--images 120 --file vqa_train.json] [--pack-length 1024 512] [--profile]
 
 Our model (the ``tiny`` preset with random weights, or the checkpoint ``--model``) is saved, exported natively
-with ``mllm.export.export_model`` and loaded back as ``LlavaNextForConditionalGeneration`` (float32), so both
+with ``mllm.app.export.export_model`` and loaded back as ``LlavaNextForConditionalGeneration`` (float32), so both
 hold the same weights. A Shapes world of ``--images`` train images is generated into a temporary folder and
 ``--file`` (``vqa_train.json`` by default: 50-400 tokens, a few two-image and text-only records) is built into
 samples once, up front: data loading is not timed. The samples are shuffled (seed) into batches of
@@ -57,7 +57,7 @@ def build_models(model_dir, seed: int, work: str):
     """(ours, theirs, export path): our model in float32 and its native export loaded by transformers."""
     from transformers import LlavaNextForConditionalGeneration
 
-    from mllm.export import export_model, load_for_export
+    from mllm.app.export import export_model, load_for_export
     from mllm.model import MultimodalLM
     from mllm.presets import get_preset
 

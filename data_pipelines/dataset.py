@@ -25,7 +25,6 @@ import functools
 import logging
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from data_pipelines.formats import read_records

@@ -1,4 +1,4 @@
-"""``mllm chat`` and mllm/chat.py: one-shot and interactive, the training prompt format, errors, streaming,
+"""``mllm chat`` and mllm/app/chat.py: one-shot and interactive, the training prompt format, errors, streaming,
 exported checkpoints.
 
     .venv/bin/python -m pytest -q tests/test_chat.py
@@ -21,10 +21,10 @@ from transformers.generation.streamers import BaseStreamer
 from data_pipelines.image_processor import AnyResImageProcessor
 from data_pipelines.templates import get_template
 from data_pipelines.tokenize import encode_conversation
-from mllm.chat import (ChatError, ChatSession, GenerationSettings, MllmBackend, StreamPrinter, TransformersBackend,
+from mllm.app.chat import (ChatError, ChatSession, GenerationSettings, MllmBackend, StreamPrinter, TransformersBackend,
                        load_backend, run_interactive)
-from mllm.cli import main
-from mllm.export import export_model
+from mllm.app.cli import main
+from mllm.app.export import export_model
 from mllm.model import MultimodalLM
 from tests._tiny import tiny_config
 
@@ -84,7 +84,7 @@ def remote_export(files):
 
 
 def by_hand(model, question, image_paths, max_new_tokens=MAX_NEW):
-    """The answer built without mllm.chat: template text, <image> runs, training processor, model.generate."""
+    """The answer built without mllm.app.chat: template text, <image> runs, training processor, model.generate."""
     tok = model.tokenizer
     images = [Image.open(p).convert("RGB") for p in image_paths]
     content = "<image>\n" * len(images) + question  # LLaVA style: images in front of the text

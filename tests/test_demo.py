@@ -10,7 +10,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_quick_demo_end_to_end(tmp_path, capsys):
-    from mllm.cli import main
+    from mllm.app.cli import main
 
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--quick"]) == 0

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from eval.mmbench.data import load_mmbench_tsv, load_predictions
-from eval.mmbench.extract import extract_choice
-from eval.mmbench.prompt import build_mmbench_prompt, options_dict
+from data_pipelines.mmbench.extract import extract_choice
+from data_pipelines.mmbench.prompt import build_mmbench_prompt, options_dict
 from eval.mmbench.score import accuracy_report, score_mmbench, write_mmbench_outputs
 
 RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 255, 0)
@@ -285,7 +285,7 @@ def test_test_split_writes_predictions_only(tmp_path):
 # ---------------------------------------------------------------- CLI
 
 def test_cli_scores_predictions_end_to_end(tmp_path, dev_tsv, capsys):
-    from mllm.cli import main
+    from mllm.app.cli import main
 
     preds = tmp_path / "preds.jsonl"
     preds.write_text("".join(json.dumps({"index": i, "prediction": p}) + "\n"
@@ -305,7 +305,7 @@ def test_cli_scores_predictions_end_to_end(tmp_path, dev_tsv, capsys):
 
 
 def test_cli_model_run_with_missing_checkpoint_is_one_clear_error(tmp_path, dev_tsv, capsys):
-    from mllm.cli import main
+    from mllm.app.cli import main
 
     code = main(["eval", "mmbench", "--data", dev_tsv, "--model", str(tmp_path / "ckpt"), "--out", str(tmp_path)])
     assert code == 2

@@ -223,7 +223,7 @@ def test_outputs_and_test_split_submission(tmp_path):
 # ---------------------------------------------------------------- CLI
 
 def test_cli_scores_official_output_json(tmp_path, capsys):
-    from mllm.cli import main
+    from mllm.app.cli import main
 
     rows = [mmmu_row("validation_Art_1", answer="A"), mmmu_row("validation_Art_2", answer="B"),
             mmmu_row("validation_Math_1", options="[]", answer="12", question_type="short-answer")]

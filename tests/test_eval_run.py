@@ -23,7 +23,7 @@ from eval.mmbench.data import load_mmbench_tsv
 from eval.mmbench.run import mmbench_question
 from eval.runner import (MERGED_FILE, META_FILE, PART_PREFIX, BatchGenerator, PredictionStore, Question,
                          load_model)
-from mllm.cli import main
+from mllm.app.cli import main
 from mllm.model import MultimodalLM
 from tests._tiny import tiny_config
 
@@ -352,7 +352,7 @@ def test_torchrun_two_ranks_match_one_process(full_run, ckpt, dev_tsv, tmp_path)
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "mllm.cli", "eval", "mmbench", "--model", ckpt,
+           "--master_port", str(_free_port()), "-m", "mllm.app.cli", "eval", "mmbench", "--model", ckpt,
            "--data", dev_tsv, "--out", str(out), "--batch-size", "3", *GEN]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

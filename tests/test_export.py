@@ -1,4 +1,4 @@
-"""HF export (mllm.export): native Llava/LlavaNext, remote code (Q-Former, open_clip), LoRA merge, --verify.
+"""HF export (mllm.app.export): native Llava/LlavaNext, remote code (Q-Former, open_clip), LoRA merge, --verify.
 
     .venv/bin/python -m pytest -q tests/test_export.py
 
@@ -18,11 +18,11 @@ import torch
 from safetensors import safe_open
 
 from tests._tiny import make_batch, tiny_config
-from mllm.cli import main
+from mllm.app.cli import main
 from mllm.config import VisionConfig
-from mllm.export import choose_path, export_model
-from mllm.export.open_clip_convert import NotConvertible, convert_open_clip_tower
-from mllm.export.verify import verify_exports
+from mllm.app.export import choose_path, export_model
+from mllm.app.export.open_clip_convert import NotConvertible, convert_open_clip_tower
+from mllm.app.export.verify import verify_exports
 from mllm.model import MultimodalLM
 
 OC_VIT = {"model_name": "ViT-B-16", "vision_cfg": dict(width=32, layers=3, head_width=16, patch_size=8, image_size=32)}
@@ -277,7 +277,7 @@ def test_lora_trained_checkpoint_exports_merged_weights(tmp_path, capsys):
         merged_q = f.get_tensor("language_model.model.layers.0.self_attn.q_proj.weight")
     assert not torch.allclose(merged_q, base_q)  # the adapter really moved the weights
     # the exported (merged) weights compute what the LoRA-wrapped model computed
-    from mllm.export.common import load_for_export
+    from mllm.app.export.common import load_for_export
 
     merged = load_for_export(str(ckpt))
     with torch.no_grad():

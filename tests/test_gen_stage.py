@@ -128,7 +128,7 @@ def test_resume_of_a_gen_checkpoint_equals_an_uninterrupted_run(world, tmp_path)
 def test_mllm_train_stage_gen_from_a_yaml_config(world, tmp_path):
     import yaml
 
-    from mllm.cli import main
+    from mllm.app.cli import main
 
     out = tmp_path / "cli_gen"
     path = tmp_path / "gen.yaml"
@@ -194,7 +194,7 @@ def test_demo_gen_step_writes_metrics_and_a_grid(world, tmp_path):
 
     from PIL import Image
 
-    from mllm.demo_gen import GRID_FILE, METRICS_FILE, QUICK_GEN, resolve_gen_plan, run_gen_step
+    from mllm.app.demo_gen import GRID_FILE, METRICS_FILE, QUICK_GEN, resolve_gen_plan, run_gen_step
 
     plan = dataclasses.replace(QUICK_GEN, gen_head=HEAD, bf16=False)
     row, metrics = run_gen_step(str(tmp_path), str(tmp_path / "data"), world["start"], plan)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mllm.cli import main
+from mllm.app.cli import main
 from mllm.model import MultimodalLM
 
 from ._tiny import make_batch, tiny_config
@@ -92,8 +92,8 @@ def test_generate_errors_name_the_problem(ckpt, tmp_path, capsys):
 
 
 def test_remote_export_with_head_samples_the_same_images_in_a_fresh_process(ckpt, tmp_path):
-    from mllm.export import export_model
-    from mllm.export.remote import GEN_DIR, verify_gen_export
+    from mllm.app.export import export_model
+    from mllm.app.export.remote import GEN_DIR, verify_gen_export
 
     model = MultimodalLM.from_pretrained(ckpt)
     out = str(tmp_path / "hf")
@@ -116,9 +116,9 @@ def test_remote_export_with_head_samples_the_same_images_in_a_fresh_process(ckpt
 
 
 def test_verify_gen_export_catches_a_different_head(ckpt, tmp_path):
-    from mllm.export import export_model
-    from mllm.export.remote import verify_gen_export
-    from mllm.export.verify import VerifyError
+    from mllm.app.export import export_model
+    from mllm.app.export.remote import verify_gen_export
+    from mllm.app.export.verify import VerifyError
 
     model = MultimodalLM.from_pretrained(ckpt)
     out = str(tmp_path / "hf")

@@ -1,4 +1,4 @@
-"""``mllm import`` (mllm.export.importer): llava-hf Llava / LlavaNext checkpoints -> mllm checkpoints.
+"""``mllm import`` (mllm.app.export.importer): llava-hf Llava / LlavaNext checkpoints -> mllm checkpoints.
 
     .venv/bin/python -m pytest -q tests/test_import.py
 
@@ -17,10 +17,10 @@ import torch
 
 from data_pipelines.image_processor import AnyResImageProcessor
 from data_pipelines.templates import get_template
-from mllm.cli import main
-from mllm.export import export_model
-from mllm.export.importer import import_llava
-from mllm.export.verify import default_image, verify_export
+from mllm.app.cli import main
+from mllm.app.export import export_model
+from mllm.app.export.importer import import_llava
+from mllm.app.export.verify import default_image, verify_export
 from mllm.model import MultimodalLM
 from mllm.tokenizer import ensure_image_token, train_tiny_tokenizer
 from tests._tiny import tiny_config

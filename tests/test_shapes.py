@@ -24,8 +24,8 @@ from data_pipelines.shapes.render import text_mask
 from data_pipelines.shapes.scene import (BACKGROUND, COLOURS, KINDS, PLURALS, REGIONS, TEXT_COLOUR, Scene,
                                          sample_scene, scene_rng)
 from data_pipelines.shapes.writers import circular_variants
-from eval.mmbench.prompt import build_mmbench_prompt
-from mllm.cli import main as cli_main
+from data_pipelines.mmbench.prompt import build_mmbench_prompt
+from mllm.app.cli import main as cli_main
 
 SEED, N_TRAIN, N_TEST = 5, 40, 16
 MMBENCH_COLUMNS = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "l2-category",
@@ -319,7 +319,7 @@ def test_dialog_records_ask_everything_and_answer_truthfully(data):
     """vqa_dialog_train.json: one record per train image holding every applicable question; open answers
     are true, multiple-choice turns use the MMBench prompt and answer with the text of the right option
     (which the harness's text matching maps to exactly one letter)."""
-    from eval.mmbench.extract import extract_choice
+    from data_pipelines.mmbench.extract import extract_choice
 
     scenes = {s.image: s for s in _scenes(data, "train")}
     records = _llava(data, "vqa_dialog_train.json")

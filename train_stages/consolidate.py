@@ -15,6 +15,8 @@ from typing import Callable, Dict
 
 import torch
 
+from data_pipelines.processor import MultimodalProcessor
+
 from .specs import TrainConfig
 
 log = logging.getLogger("mllm.train")
@@ -68,5 +70,6 @@ def consolidate_and_save(cfg: TrainConfig, trained: Dict[str, torch.Tensor], loa
     with _outside_zero3():
         model = consolidate(cfg, trained, load_start_model)
     model.save_pretrained(cfg.output_dir)
+    MultimodalProcessor.for_model(model).save_pretrained(cfg.output_dir)  # eval, chat, export read it
     log.info("consolidated model written to %s%s", cfg.output_dir,
              " (LoRA kept as adapter)" if cfg.module("llm").mode in ("lora", "qlora") and not cfg.merge_lora else "")

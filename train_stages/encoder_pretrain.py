@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from data_pipelines.processor import MultimodalProcessor
+
 log = logging.getLogger("mllm.train")
 
 
@@ -191,6 +193,7 @@ def pretrain_encoder(cfg: EncoderPretrainConfig, progress: bool = True) -> dict:
             n += 64
     os.makedirs(cfg.output_dir, exist_ok=True)
     model.save_pretrained(cfg.output_dir)
+    MultimodalProcessor.for_model(model).save_pretrained(cfg.output_dir)
     summary = {"stage": "encoder", "epochs": cfg.epochs, "steps": total, "loss_first_epoch": history[0],
                "loss_last_epoch": history[-1], "retrieval_top1_in_64": hits / max(n, 1),
                "seconds": round(time.time() - t0, 1), "pairs": len(pairs), "views": cfg.views,

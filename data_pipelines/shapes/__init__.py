@@ -38,7 +38,7 @@ from data_pipelines.shapes.scene import COLOURS, KINDS, REGIONS, SIZES, Scene, s
 from data_pipelines.shapes.tasks import (conversation, caption, dialog, image_questions, mc_row, mmmu_item,
                                          pair_questions, text_only_questions)
 from data_pipelines.shapes import writers
-from eval.mmbench.prompt import build_mmbench_prompt
+from data_pipelines.mmbench.prompt import build_mmbench_prompt
 
 __all__ = ["make_shapes", "DEFAULT_TRAIN", "DEFAULT_TEST", "OUTPUTS"]
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from data_pipelines.shapes.scene import COLOURS, KINDS, LETTERS, PLURALS, REGIONS, SIZES, WORDS, Scene, Shape
-from eval.mmbench.extract import extract_choice
-from eval.mmbench.prompt import build_mmbench_prompt
+from data_pipelines.mmbench.extract import extract_choice
+from data_pipelines.mmbench.prompt import build_mmbench_prompt
 
 # official MMBench category -> its l2-category
 L2_OF: Dict[str, str] = {
@@ -401,7 +401,7 @@ def dialog(scene: Scene, rng: random.Random, mc_probability: float = 0.7) -> Lis
     model learn to ground words in image features within minutes on a CPU. Questions with a
     multiple-choice form are asked in the MMBench prompt format with probability ``mc_probability`` and
     answered with the option's *text*: the MMBench harness reads such answers back to a letter with
-    VLMEvalKit's exact matching (``eval.mmbench.extract.can_infer_text``), and a tiny model learns
+    VLMEvalKit's exact matching (``data_pipelines.mmbench.extract.can_infer_text``), and a tiny model learns
     "say what is true" long before it learns to point at a letter.
     """
     questions = image_questions(scene, rng)

@@ -20,7 +20,7 @@ import base64
 import binascii
 from typing import Any
 
-from eval.mmbench.prompt import build_mmbench_prompt
+from data_pipelines.mmbench.prompt import build_mmbench_prompt
 from eval.mmbench.score import group_of
 from eval.runner import Question, RunOutcome, run_predictions
 

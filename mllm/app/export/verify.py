@@ -7,7 +7,7 @@
 The same image and conversation go through both sides, each with its own processor and chat template:
 ours (``MultimodalProcessor.encode_prompt``, the encoder chat and eval use) in this process,
 and the export's ``AutoProcessor`` (``apply_chat_template`` with its ``chat_template.jinja``) +
-``AutoModelForImageTextToText`` in a subprocess that imports only transformers (``mllm/export/hf_runner.py``,
+``AutoModelForImageTextToText`` in a subprocess that imports only transformers (``mllm/app/export/hf_runner.py``,
 run with ``python -I``; ``trust_remote_code`` only for remote-code exports). The export passes when the
 rendered prompts are the same text, the token ids agree, the fp32 logits agree within ``atol`` (1e-4) and
 greedy generations of ``max_new_tokens`` (16) are identical. ``python=`` runs the transformers side with another

@@ -1,6 +1,6 @@
 """Models without a native transformers class -> transformers checkpoints with their own modeling code.
 
-    from mllm.export.remote import export_remote
+    from mllm.app.export.remote import export_remote
     export_remote(model, "out/", conv=conv_or_None)     # conv: an HF-converted tower, or None for open_clip
 
 Q-Former connectors, towers with no exact transformers counterpart (through open_clip) and, later, extra
@@ -33,7 +33,9 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 
-from ..vision.hf import arch_dict
+import mllm.gen
+from mllm.vision.hf import arch_dict
+
 from .common import (Log, dtype_name, hf_text_config, write_generation_config, write_json, write_tokenizer,
                      write_weights)
 from .llava import image_processor_config
@@ -42,7 +44,7 @@ from .towers import ConvertedTower
 REMOTE_CODE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "remote_code")
 REMOTE_FILES = ("configuration_mllm.py", "modeling_mllm.py", "processing_mllm.py", "anyres_mllm.py",
                 "vision_open_clip.py", "gen_head_mllm.py")
-GEN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gen")
+GEN_DIR = os.path.dirname(os.path.abspath(mllm.gen.__file__))
 GEN_FILES = ("dit.py", "flow.py")  # mllm/gen's torch-only files, copied verbatim next to gen_head_mllm.py
 MODEL_CLASS = "modeling_mllm.MllmForConditionalGeneration"
 AUTO_MAP = {

@@ -1,4 +1,4 @@
-"""``mllm chat``: talk to a checkpoint (ours or an export), one-shot or interactive; see mllm/chat.py.
+"""``mllm chat``: talk to a checkpoint (ours or an export), one-shot or interactive; see mllm/app/chat.py.
 
     mllm chat --model ckpt/ --image cat.png --prompt "What is in the image?"    # one answer on stdout
     mllm chat --model ckpt/                                                       # interactive, streamed
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from transformers import set_seed
     from transformers.utils import logging as hf_logging
 
-    from mllm.chat import ChatSession, GenerationSettings, load_backend, run_interactive
+    from mllm.app.chat import ChatSession, GenerationSettings, load_backend, run_interactive
 
     hf_logging.set_verbosity_error()
     logging.getLogger("transformers").setLevel(logging.ERROR)

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-log = logging.getLogger("mllm.demo")
+log = logging.getLogger("mllm.app.demo")
 
 
 @dataclass
@@ -46,7 +46,7 @@ class DemoPlan:
 
 
 QUICK = DemoPlan(n_train=64, n_test=16, encoder_epochs=1, align_epochs=1, multitask_epochs=1, instruct_epochs=1,
-                 batch_size=8, max_steps=4)  # the gen step runs its own smoke plan (mllm.demo_gen.QUICK_GEN)
+                 batch_size=8, max_steps=4)  # the gen step runs its own smoke plan (mllm.app.demo_gen.QUICK_GEN)
 
 
 def _stage_config(stage: str, out: str, init_from: str, data: List[Dict], plan: DemoPlan, lr: float,
@@ -102,7 +102,7 @@ def run_demo(out: str, plan: Optional[DemoPlan] = None) -> Dict:
         s = run_stage(cfg)
         rows.append({"step": f"train: {stage}", "seconds": time.time() - t, "loss": s.get("last_loss")})
 
-    from mllm.cli import main as cli
+    from mllm.app.cli import main as cli
 
     t = time.time()
     eval_dir = os.path.join(out, "eval_mmbench")
@@ -116,7 +116,7 @@ def run_demo(out: str, plan: Optional[DemoPlan] = None) -> Dict:
     rows.append({"step": "eval: MMBench (Shapes DEV)", "seconds": time.time() - t, "loss": None})
 
     t = time.time()
-    from mllm.export import export_model
+    from mllm.app.export import export_model
 
     report = export_model(os.path.join(out, "instruct"), os.path.join(out, "hf_export"), verify=True,
                           overwrite=True, log=log.info)
@@ -128,7 +128,7 @@ def run_demo(out: str, plan: Optional[DemoPlan] = None) -> Dict:
 
     generation = None
     if plan.generation:
-        from mllm.demo_gen import run_gen_step
+        from mllm.app.demo_gen import run_gen_step
 
         row, metrics = run_gen_step(out, data_dir, os.path.join(out, "instruct"), plan)
         rows.append(row)
@@ -155,7 +155,7 @@ def run_demo(out: str, plan: Optional[DemoPlan] = None) -> Dict:
 
 def _sample_chat(out: str, data_dir: str) -> Dict:
     """Ask the trained model about the first held-out image, through the chat session API."""
-    from mllm.chat import ChatSession, load_backend
+    from mllm.app.chat import ChatSession, load_backend
 
     with open(os.path.join(data_dir, "scenes_test.jsonl")) as f:
         scene = json.loads(f.readline())

@@ -1,6 +1,6 @@
 """Answer extraction for MMBench without a judge model: which option letter did the model choose?
 
-    from eval.mmbench.extract import extract_choice
+    from data_pipelines.mmbench.extract import extract_choice
     extract_choice("Answer: B", {"A": "cat", "B": "dog"})   # -> "B"
     extract_choice("I refuse", {"A": "cat", "B": "dog"})    # -> ""  (unparseable: counts as wrong)
 
@@ -80,7 +80,7 @@ def can_infer_text(response: str, choices: Mapping[str, object]) -> Optional[str
 def extract_choice(prediction: object, choices: Mapping[str, object]) -> str:
     """The letter the model chose, ``"Z"`` for a refusal, or ``""`` when the prediction cannot be read.
 
-    ``choices`` maps option letters to option texts (``eval.mmbench.prompt.options_dict(row)``).
+    ``choices`` maps option letters to option texts (``data_pipelines.mmbench.prompt.options_dict(row)``).
     """
     response = "" if prediction is None else str(prediction)
     return can_infer_option(response, choices) or can_infer_text(response, choices) or ""

@@ -1,13 +1,13 @@
 """The demo's generation step: Shapes gen scenes -> the ``gen`` stage on the instruct model -> images for the
 held-out prompts -> rule-based checker + Frechet distance in our tower's features.
 
-    from mllm.demo_gen import GenPlan, run_gen_step
+    from mllm.app.demo_gen import GenPlan, run_gen_step
     row, metrics = run_gen_step("demo_out", "demo_out/data", "demo_out/instruct", GenPlan())
     # demo_out/gen/                      the gen stage's output (a checkpoint with the head; `mllm generate`)
     # demo_out/generation_metrics.json   colour_shape_accuracy, ..., fd, fd_real_vs_real, timings, plan
     # demo_out/generation_samples.png    the first held-out prompts' images, 8 per row (prompts in the json)
 
-    python -m mllm.demo_gen --out /tmp/gen_demo --init-from demo_out/instruct [--quick]   # on its own
+    python -m mllm.app.demo_gen --out /tmp/gen_demo --init-from demo_out/instruct [--quick]   # on its own
 
 ``plan`` is a ``GenPlan``, or the demo's plan: one with a ``gen`` attribute (a GenPlan) is used as that;
 otherwise a smoke plan when its ``max_steps`` > 0 and the default plan if not, with its ``seed`` and
@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-log = logging.getLogger("mllm.demo")
+log = logging.getLogger("mllm.app.demo")
 
 METRICS_FILE = "generation_metrics.json"
 GRID_FILE = "generation_samples.png"
@@ -176,7 +176,7 @@ def run_gen_step(out: str, data_dir: str, init_from: str, plan: Any = None) -> T
 def main(argv: Optional[List[str]] = None) -> int:
     import torch
 
-    p = argparse.ArgumentParser(description="The demo's generation step on its own (see mllm/demo_gen.py).")
+    p = argparse.ArgumentParser(description="The demo's generation step on its own (see mllm/app/demo_gen.py).")
     p.add_argument("--out", required=True)
     p.add_argument("--init-from", required=True, help="an instruct-stage output directory")
     p.add_argument("--data", default=None, help="gen data directory (default: OUT/data; made when absent)")

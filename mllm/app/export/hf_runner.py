@@ -1,15 +1,15 @@
 """Run an exported checkpoint with plain transformers: no mllm import, meant for a fresh process.
 
-    python mllm/export/hf_runner.py --model OUT --image img.png --prompt "USER: <image>\\nHi ASSISTANT:" \\
+    python mllm/app/export/hf_runner.py --model OUT --image img.png --prompt "USER: <image>\\nHi ASSISTANT:" \\
         --max-new-tokens 16 --out result.safetensors [--trust-remote-code]
-    python mllm/export/hf_runner.py --jobs jobs.json      # several exports, one interpreter start-up
+    python mllm/app/export/hf_runner.py --jobs jobs.json      # several exports, one interpreter start-up
 
 Loads the processor and model with the Auto classes (float32, the PIL image-processor backend, which is what
 transformers 4.57 uses and what mllm's AnyResImageProcessor reproduces), renders a job's ``messages`` with
 the export's chat template when it has one (else uses ``prompt``), tokenises without adding special tokens
 (the template writes them), runs one forward pass and greedy generation, and writes input_ids,
 pixel_values, logits and the new tokens to ``out`` (safetensors); the rendered prompt is printed.
-``mllm.export.verify`` compares them with the source model. Works with transformers 4.57 and 5.x.
+``mllm.app.export.verify`` compares them with the source model. Works with transformers 4.57 and 5.x.
 """
 from __future__ import annotations
 

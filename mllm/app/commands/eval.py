@@ -3,7 +3,7 @@
     mllm eval mmbench --data MMBench_DEV_EN.tsv --model ckpt --out runs/mmbench [--batch-size 8
                       --max-new-tokens 16 --device cpu|cuda --bf16 --overwrite --strict]
     mllm eval mmmu --data MMMU/ --split validation --model ckpt --out runs/mmmu [...]
-    torchrun --nproc_per_node 4 -m mllm.cli eval mmbench --data ... --model ckpt --out runs/mmbench
+    torchrun --nproc_per_node 4 -m mllm.app.cli eval mmbench --data ... --model ckpt --out runs/mmbench
     mllm eval mmbench --data MMBench_DEV_EN.tsv --predictions preds.tsv --out runs/mmbench
 
 ``--model CKPT`` loads the checkpoint (``MultimodalLM.from_pretrained``), builds each question's prompt in
@@ -54,7 +54,7 @@ def run_model_predictions(args: argparse.Namespace, rows: Any = None) -> Optiona
     args._dist = ctx
     _setup_logging(ctx.rank)
     if args.benchmark == "mmbench":
-        from eval.mmbench.prompt import PROMPT_VERSION
+        from data_pipelines.mmbench.prompt import PROMPT_VERSION
         from eval.mmbench.run import predict_mmbench as predict
 
         if rows is None:
@@ -123,7 +123,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 @BENCHMARKS.register("mmbench")
 def _run_mmbench(args: argparse.Namespace) -> int:
     from eval.mmbench.data import load_mmbench_tsv, load_predictions
-    from eval.mmbench.prompt import PROMPT_VERSION
+    from data_pipelines.mmbench.prompt import PROMPT_VERSION
     from eval.mmbench.score import format_mmbench_table, score_mmbench, write_mmbench_outputs
     from eval.report import write_run_info
 

@@ -1,4 +1,4 @@
-"""``mllm demo``: the embedded default end to end (see mllm/demo.py)."""
+"""``mllm demo``: the embedded default end to end (see mllm/app/demo.py)."""
 from __future__ import annotations
 
 NAME = "demo"
@@ -20,7 +20,7 @@ def add_arguments(p):
 def run(args) -> int:
     import logging
 
-    from mllm.demo import QUICK, DemoPlan, run_demo
+    from mllm.app.demo import QUICK, DemoPlan, run_demo
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     plan = QUICK if args.quick else DemoPlan()

@@ -1,4 +1,4 @@
-"""The ``mllm`` command line. Every module in ``mllm/commands/`` adds one subcommand.
+"""The ``mllm`` command line. Every module in ``mllm/app/commands/`` adds one subcommand.
 
     mllm --help
     mllm <command> --help
@@ -14,16 +14,16 @@ import pkgutil
 import sys
 from typing import List, Optional
 
+import mllm.app.commands as commands  # only the package: each command imports its own dependencies
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def _command_modules():
-    import mllm.commands as pkg
-
-    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
         if info.name.startswith("_"):
             continue
-        yield importlib.import_module(f"mllm.commands.{info.name}")
+        yield importlib.import_module(f"mllm.app.commands.{info.name}")
 
 
 def build_parser() -> argparse.ArgumentParser:

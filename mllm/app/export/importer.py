@@ -20,7 +20,9 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from ..config import AnyResConfig, ConnectorConfig, ImageConfig, LLMConfig, ModelConfig, VisionConfig
+from data_pipelines.processor import MultimodalProcessor
+
+from mllm.config import AnyResConfig, ConnectorConfig, ImageConfig, LLMConfig, ModelConfig, VisionConfig
 from .common import CHAT_TEMPLATE_FILE, Log, hf_text_config
 
 VISION_KINDS = {"clip_vision_model": "hf_clip", "siglip_vision_model": "hf_siglip"}
@@ -39,7 +41,7 @@ def _read_json(path: str, what: str) -> Dict[str, Any]:
 
 
 def read_hf_weights(src: str) -> Dict[str, torch.Tensor]:
-    from ..checkpoint import load_state_dict_files
+    from mllm.checkpoint import load_state_dict_files
 
     if not any(f.endswith(".safetensors") for f in os.listdir(src)):
         bins = [f for f in os.listdir(src) if f.endswith((".bin", ".pt", ".pth"))]
@@ -92,7 +94,7 @@ def mllm_config_from_hf(src: str, chat_template: Optional[str] = None,
     """(our ModelConfig, the transformers config) for the llava-hf checkpoint in ``src``."""
     from transformers import AutoConfig
 
-    from ..vision.hf import arch_dict
+    from mllm.vision.hf import arch_dict
 
     cfg_path = os.path.join(src, "config.json")
     raw = _read_json(cfg_path, "the model config")
@@ -185,8 +187,8 @@ def import_llava(src: str, out_dir: Optional[str] = None, *, chat_template: Opti
     """Build the MultimodalLM of a llava-hf checkpoint; save it to ``out_dir`` when given; return it."""
     from transformers import AutoTokenizer
 
-    from ..checkpoint import load_weights
-    from ..model import MultimodalLM
+    from mllm.checkpoint import load_weights
+    from mllm.model import MultimodalLM
 
     if not os.path.isdir(src):
         raise FileNotFoundError(f"--from {src!r} is not a directory")
@@ -211,6 +213,7 @@ def import_llava(src: str, out_dir: Optional[str] = None, *, chat_template: Opti
     model.eval()
     if out_dir:
         model.save_pretrained(out_dir)
+        MultimodalProcessor.for_model(model).save_pretrained(out_dir)
         if log:
             log(f"imported {type(hf).__name__.replace('Config', '')} from {src} -> {out_dir} "
                 f"({cfg.vision.kind} tower, feature layer {cfg.vision.feature_layer}, "

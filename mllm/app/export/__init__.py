@@ -1,6 +1,6 @@
 """HuggingFace export and import.
 
-    from mllm.export import export_model
+    from mllm.app.export import export_model
     report = export_model("ckpt/", "hf_out/", verify=True)     # or export_model(model, ...)
     print(report.path, report.reason, report.verify.summary())
 
@@ -11,12 +11,12 @@ Which path a model takes (printed, and in ``report.path``):
   "llava" / "llava_next"  MLP connector + a tower transformers has (HF CLIP/SigLIP, or an open_clip ViT that
                           converts exactly): a native ``LlavaForConditionalGeneration`` (AnyRes off) or
                           ``LlavaNextForConditionalGeneration`` (AnyRes on), in the layout transformers 4.57
-                          and 5.x both load (``mllm.export.llava``)
+                          and 5.x both load (``mllm.app.export.llava``)
   "remote"                everything else (Q-Former, towers without a transformers counterpart): a transformers
                           checkpoint with its own modeling code and ``auto_map``, loaded with
-                          ``trust_remote_code=True`` (``mllm.export.remote``); ``report.reason`` says why
+                          ``trust_remote_code=True`` (``mllm.app.export.remote``); ``report.reason`` says why
 LoRA adapters are merged first. ``verify=True`` checks the export in a fresh transformers-only process
-(``mllm.export.verify``).
+(``mllm.app.export.verify``).
 """
 from __future__ import annotations
 
@@ -79,8 +79,8 @@ def export_model(source, out_dir: str, *, verify: bool = False, path: str = "aut
     if isinstance(source, (str, os.PathLike)):
         model = load_for_export(str(source), log)  # float32 in memory
         if dtype is None:  # write the weights in the precision the checkpoint was saved in
-            from ..config import ModelConfig
-            from ..llm import resolve_dtype
+            from mllm.config import ModelConfig
+            from mllm.llm import resolve_dtype
 
             dtype = resolve_dtype(ModelConfig.load(str(source)).llm.dtype)
     else:

@@ -4,7 +4,7 @@
     mllm export --model ckpt/ --out hf/ --path remote --dtype bfloat16 --overwrite
     mllm export --model ckpt/ --out hf/ --verify --verify-python /opt/tf457/bin/python   # check in 4.57 too
 
-See ``mllm/export/__init__.py`` for which path a model takes and what is written.
+See ``mllm/app/export/__init__.py`` for which path a model takes and what is written.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from mllm.export import export_model
+    from mllm.app.export import export_model
     from mllm.llm import resolve_dtype
 
     logging.getLogger("transformers").setLevel(logging.ERROR)

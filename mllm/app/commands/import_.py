@@ -3,7 +3,7 @@
     mllm import --from llava-v1.6-vicuna-7b-hf/ --out ckpt/ [--chat-template vicuna_v1] [--overwrite]
 
 The result loads with ``MultimodalLM.from_pretrained("ckpt/")`` and trains with the usual stages
-(``init_from: ckpt/``). See ``mllm/export/importer.py`` for what is read.
+(``init_from: ckpt/``). See ``mllm/app/export/importer.py`` for what is read.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mllm.export.importer import import_llava
+    from mllm.app.export.importer import import_llava
 
     import_llava(args.source, args.out, chat_template=args.chat_template, overwrite=args.overwrite, log=print)
     return 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict
 
-from ..registry import Registry
+from mllm.registry import Registry
 from .open_clip_convert import ConvertedTower, NotConvertible, convert_open_clip_tower, identity_layernorm
 
 TOWER_EXPORTERS: Registry[Callable[..., ConvertedTower]] = Registry("vision tower exporter")

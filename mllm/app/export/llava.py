@@ -1,8 +1,8 @@
 """MLP-connector models -> native transformers Llava / LlavaNext checkpoints (portable: 4.57 and 5.x).
 
-    from mllm.export.llava import export_llava, native_blocker
+    from mllm.app.export.llava import export_llava, native_blocker
     reason = native_blocker(model)            # None when the model maps onto Llava(Next) exactly
-    export_llava(model, conv, "out/")         # conv = mllm.export.towers.export_vision_tower(...)
+    export_llava(model, conv, "out/")         # conv = mllm.app.export.towers.export_vision_tower(...)
 
 AnyRes on -> ``LlavaNextForConditionalGeneration``, off -> ``LlavaForConditionalGeneration``. What is
 written (the portable layout of ENVIRONMENT.md):
@@ -17,7 +17,7 @@ written (the portable layout of ENVIRONMENT.md):
                             crop = tile, pinpoints, our mean/std -> the same pixels as AnyResImageProcessor
   processor_config.json     patch_size, num_additional_image_tokens (1 with a CLS token, else 0),
                             vision_feature_select_strategy, image_token
-  tokenizer files, chat_template.jinja, generation_config.json (see ``mllm.export.common``)
+  tokenizer files, chat_template.jinja, generation_config.json (see ``mllm.app.export.common``)
 """
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""One module per ``mllm`` subcommand; see ``mllm/app/cli.py``."""

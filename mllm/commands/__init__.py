@@ -1,1 +1,0 @@
-"""One module per ``mllm`` subcommand; see ``mllm/cli.py``."""
