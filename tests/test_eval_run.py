@@ -21,7 +21,7 @@ from PIL import Image
 
 from eval.mmbench.data import load_mmbench_tsv
 from eval.mmbench.run import mmbench_question
-from eval.runner import (MERGED_FILE, META_FILE, PART_PREFIX, BatchGenerator, PredictionStore, Question,
+from eval.runner import (MERGED_FILE, META_FILE, PART_PREFIX, BatchGenerator, Generated, PredictionStore, Question,
                          load_model)
 from mllm.app.cli import main
 from mllm.model import MultimodalLM
@@ -322,8 +322,6 @@ def test_cli_mmmu_runs_the_model_and_scores(ckpt, shapes, tmp_path):
 # ---------------------------------------------------------------- sharding
 
 def test_prediction_store_merges_parts_in_data_order(tmp_path):
-    from eval.runner import Generated
-
     for rank, keys in ((0, [0, 2, 4]), (1, [1, 3])):
         store = PredictionStore(str(tmp_path), "index", rank)
         store.open()

@@ -24,13 +24,12 @@ import os
 import sys
 from typing import Any, Dict, Mapping, Optional, Union
 
-from mllm.registry import Registry
+from eval.benchmarks import BENCHMARKS, Benchmark
+from eval.report import sha256_of, write_run_info
 
 NAME = "eval"
 HELP = "run a model on MMBench or MMMU, or score existing predictions"
 DESCRIPTION = __doc__
-
-BENCHMARKS: Registry = Registry("benchmark")
 
 
 def _setup_logging(rank: int) -> None:
@@ -40,6 +39,11 @@ def _setup_logging(rank: int) -> None:
     logging.getLogger("mllm").setLevel(level)
 
 
+def _options(args: argparse.Namespace) -> Dict[str, Any]:
+    """The benchmark-specific options of the command line (MMMU: split, seed)."""
+    return {k: getattr(args, k) for k in ("split", "seed") if hasattr(args, k)}
+
+
 def run_model_predictions(args: argparse.Namespace, rows: Any = None) -> Optional[Mapping[Union[int, str], str]]:
     """Predictions of the checkpoint ``args.model`` on ``rows`` (loaded from ``args.data`` when None):
     ``{index or id: response}`` on rank 0, None on the other ranks (they have nothing left to do).
@@ -47,38 +51,26 @@ def run_model_predictions(args: argparse.Namespace, rows: Any = None) -> Optiona
     Generation details (settings, rate, rows that could not be run) are left in ``args._generation`` for
     ``run_info.json``; the distributed context in ``args._dist`` (``run`` tears it down).
     """
-    from eval.report import sha256_of
+    # here, not at the top: the runner imports torch and the model stack, which `mllm --help` and scoring
+    # someone else's predictions do not need (CLI start-up time)
     from eval.runner import BatchGenerator, init_distributed, load_model, model_fingerprint
 
+    bench: Benchmark = BENCHMARKS.get(args.benchmark)
     ctx = init_distributed()
     args._dist = ctx
     _setup_logging(ctx.rank)
-    if args.benchmark == "mmbench":
-        from data_pipelines.mmbench.prompt import PROMPT_VERSION
-        from eval.mmbench.run import predict_mmbench as predict
-
-        if rows is None:
-            from eval.mmbench.data import load_mmbench_tsv
-
-            rows = load_mmbench_tsv(args.data)
-    else:
-        from eval.mmmu.prompt import PROMPT_VERSION
-        from eval.mmmu.run import predict_mmmu as predict
-
-        if rows is None:
-            from eval.mmmu.data import load_mmmu
-
-            rows = load_mmmu(args.data, split=args.split)
+    if rows is None:
+        rows = bench.load(args.data, _options(args))
     model = load_model(args.model, device=args.device, bf16=args.bf16)
     generator = BatchGenerator(model, max_new_tokens=args.max_new_tokens)
     dtype = str(model.llm.get_input_embeddings().weight.dtype).replace("torch.", "")
     # what must match for a rerun to resume this directory's predictions (batch size and ranks need not)
     fingerprint = {"benchmark": args.benchmark, "model": model_fingerprint(args.model),
                    "data_sha256": sha256_of(args.data), "split": getattr(args, "split", None),
-                   "prompt_version": PROMPT_VERSION, "chat_template": generator.template_name,
+                   "prompt_version": bench.prompt_version, "chat_template": generator.template_name,
                    "max_new_tokens": args.max_new_tokens, "dtype": dtype}
-    outcome = predict(generator, rows, args.out, batch_size=args.batch_size, ctx=ctx,
-                      fingerprint=fingerprint, overwrite=args.overwrite, strict=args.strict)
+    outcome = bench.predict(generator, rows, args.out, batch_size=args.batch_size, ctx=ctx,
+                            fingerprint=fingerprint, overwrite=args.overwrite, strict=args.strict)
     args._generation = {"chat_template": generator.template_name, "dtype": dtype, "device": str(model.device),
                         **outcome.stats, "row_errors": {str(k): v for k, v in outcome.errors.items()}}
     if outcome.errors:
@@ -107,71 +99,33 @@ def _add_common(p: argparse.ArgumentParser, predictions_help: str) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
-    p = sub.add_parser("mmbench", help="MMBench TSV, CircularEval + vanilla accuracy",
-                       description="Run a model on MMBench, or score predictions, with VLMEvalKit's exact "
-                                   "matching and CircularEval.")
-    _add_common(p, "predictions as .tsv, .xlsx or .jsonl with columns index, prediction")
-    p = sub.add_parser("mmmu", help="MMMU parquet / datasets folder, official parsing",
-                       description="Run a model on MMMU, or score responses, with the official MMMU parsing "
-                                   "and matching.")
-    _add_common(p, "official output JSON: {question id: response}")
-    p.add_argument("--split", default=None, help="dev | validation | test (default: every row found)")
-    p.add_argument("--seed", type=int, default=42,
-                   help="seed of the per-question random letter for unreadable multiple-choice responses")
+    for name in BENCHMARKS.keys():
+        bench = BENCHMARKS.get(name)
+        p = sub.add_parser(name, help=bench.help, description=bench.description)
+        _add_common(p, bench.predictions_help)
+        bench.add_arguments(p)
 
 
-@BENCHMARKS.register("mmbench")
-def _run_mmbench(args: argparse.Namespace) -> int:
-    from eval.mmbench.data import load_mmbench_tsv, load_predictions
-    from data_pipelines.mmbench.prompt import PROMPT_VERSION
-    from eval.mmbench.score import format_mmbench_table, score_mmbench, write_mmbench_outputs
-    from eval.report import write_run_info
-
-    data = load_mmbench_tsv(args.data)
+def run_benchmark(args: argparse.Namespace) -> int:
+    """One path for every registered benchmark: load, predict (or read predictions), score, write."""
+    bench: Benchmark = BENCHMARKS.get(args.benchmark)
+    options = _options(args)
+    rows = bench.load(args.data, options)
     if args.predictions:
-        predictions: Dict[int, str] = load_predictions(args.predictions)
-        source = args.predictions
-    else:
-        ran = run_model_predictions(args, data)
-        if ran is None:
-            return 0  # not rank 0: rank 0 scores the merged predictions
-        predictions = {int(k): v for k, v in ran.items()}
-        source = f"model {args.model}"
-    result = score_mmbench(data, predictions, source=source)
-    write_mmbench_outputs(data, result, args.out)
-    write_run_info(args.out, benchmark="mmbench", data_path=args.data, prompt_version=PROMPT_VERSION,
-                   predictions_path=args.predictions, model_path=args.model,
-                   extra={"counts": result.counts, "missing_prediction_indices": result.missing,
-                          "orphan_row_indices": result.orphans, **_generation_info(args)})
-    print(format_mmbench_table(result))
-    print(f"wrote {args.out}")
-    return 0
-
-
-@BENCHMARKS.register("mmmu")
-def _run_mmmu(args: argparse.Namespace) -> int:
-    from eval.mmmu.data import load_mmmu
-    from eval.mmmu.prompt import PROMPT_VERSION
-    from eval.mmmu.score import format_mmmu_table, load_mmmu_predictions, score_mmmu, write_mmmu_outputs
-    from eval.report import write_run_info
-
-    rows = load_mmmu(args.data, split=args.split)
-    if args.predictions:
-        predictions: Dict[str, str] = load_mmmu_predictions(args.predictions)
+        predictions = bench.load_predictions(args.predictions)
         source = args.predictions
     else:
         ran = run_model_predictions(args, rows)
         if ran is None:
             return 0  # not rank 0: rank 0 scores the merged predictions
-        predictions = {str(k): v for k, v in ran.items()}
+        predictions = {bench.key(k): v for k, v in ran.items()}
         source = f"model {args.model}"
-    result = score_mmmu(rows, predictions, seed=args.seed, source=source)
-    write_mmmu_outputs(result, args.out)
-    write_run_info(args.out, benchmark="mmmu", data_path=args.data, prompt_version=PROMPT_VERSION,
+    result = bench.score(rows, predictions, options, source=source)
+    bench.write(rows, result, args.out)
+    write_run_info(args.out, benchmark=bench.name, data_path=args.data, prompt_version=bench.prompt_version,
                    predictions_path=args.predictions, model_path=args.model,
-                   extra={"split": args.split, "seed": args.seed, "counts": result.counts,
-                          "missing_prediction_ids": result.missing, **_generation_info(args)})
-    print(format_mmmu_table(result))
+                   extra={**bench.run_info(result, options), **_generation_info(args)})
+    print(bench.table(result))
     print(f"wrote {args.out}")
     return 0
 
@@ -185,14 +139,14 @@ def _generation_info(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    code = BENCHMARKS.get(args.benchmark)(args)
+    code = run_benchmark(args)
     ctx = getattr(args, "_dist", None)
     if ctx is not None and ctx.owns_group:
-        from eval.runner import shutdown_distributed
+        from eval.distributed import shutdown_distributed  # imported where the group was made (see above)
 
         shutdown_distributed(ctx)
-        # gloo sometimes aborts in its exit-time destructors after all work is done (ENVIRONMENT.md);
-        # leaving without them keeps the exit status honest
+        # gloo sometimes aborts in its exit-time destructors after all work is done; leaving without
+        # them keeps the exit status honest
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
