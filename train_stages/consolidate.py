@@ -16,6 +16,7 @@ from typing import Callable, Dict
 import torch
 
 from data_pipelines.processor import MultimodalProcessor
+from mllm.modules import MODULES, owns_key
 
 from .specs import TrainConfig
 
@@ -25,20 +26,19 @@ log = logging.getLogger("mllm.train")
 def consolidate(cfg: TrainConfig, trained: Dict[str, torch.Tensor], load_start_model: Callable):
     from peft import get_peft_model
 
-    from .freeze import MODULES, _lora_config
+    from .freeze import _lora_config
 
     model = load_start_model(cfg)
     lora = cfg.module("llm").mode in ("lora", "qlora")
     if lora:
         model.llm = get_peft_model(model.llm, _lora_config(cfg.lora, task_type="CAUSAL_LM"))
-    trained_prefixes = {"vision": "vision_tower.", "connector": "connector.", "llm": "llm.", "gen_head": "gen_head."}
-    must = [trained_prefixes[m] for m in MODULES if cfg.module(m).mode == "full"]
+    must = [m for m in MODULES if cfg.module(m).mode == "full"]
     own = model.state_dict()
     new_state, missing = {}, []
     for key, ref in own.items():
         t = trained.get(key)
         is_lora = ".lora_" in key
-        needed = is_lora or any(key.startswith(p) for p in must) or (key == "image_newline" and "connector." in must)
+        needed = is_lora or any(owns_key(m, key) for m in must)
         if t is not None and t.shape == ref.shape:
             new_state[key] = t.to(ref.dtype)
         elif needed:

@@ -15,16 +15,15 @@ from typing import Dict, List
 import torch
 from torch import nn
 
-from .specs import MODULES, LoraSpec, TrainConfig
+from mllm.modules import MODULES, loose_parameters, module_parts
+
+from .specs import LoraSpec, TrainConfig
 
 log = logging.getLogger("mllm.train")
 
 
 def module_of(model) -> Dict[str, nn.Module]:
-    parts = {"vision": model.vision_tower, "connector": model.connector, "llm": model.llm}
-    if getattr(model, "gen_head", None) is not None:
-        parts["gen_head"] = model.gen_head
-    return parts
+    return module_parts(model)
 
 
 def _lora_config(spec: LoraSpec, task_type=None):
@@ -55,8 +54,8 @@ def apply_policy(model, cfg: TrainConfig) -> Dict[str, List[nn.Parameter]]:
     from peft import get_peft_model
 
     modes = {name: cfg.module(name).mode for name in MODULES}
-    for name in ("vision", "connector", "gen_head"):
-        if modes[name] in ("lora", "qlora"):
+    for name in MODULES:
+        if name != "llm" and modes[name] in ("lora", "qlora"):
             raise ValueError(f"module {name!r}: mode {modes[name]!r} is only supported for the llm; "
                              f"use 'full' or 'frozen' (modules: {modes})")
     if modes["llm"] == "qlora":
@@ -72,13 +71,13 @@ def apply_policy(model, cfg: TrainConfig) -> Dict[str, List[nn.Parameter]]:
         model.gen_head.autoencoder.requires_grad_(False)
     if modes["llm"] in ("lora", "qlora"):
         model.llm = get_peft_model(model.llm, _lora_config(cfg.lora, task_type="CAUSAL_LM"))
-    if getattr(model, "image_newline", None) is not None:
-        model.image_newline.requires_grad_(modes["connector"] == "full")
+    for name in MODULES:
+        for p in loose_parameters(model, name):
+            p.requires_grad_(modes[name] == "full")
     groups: Dict[str, List[nn.Parameter]] = {}
     for name, mod in module_of(model).items():
         groups[name] = [p for p in mod.parameters() if p.requires_grad]
-    if getattr(model, "image_newline", None) is not None and model.image_newline.requires_grad:
-        groups["connector"].append(model.image_newline)
+        groups[name] += [p for p in loose_parameters(model, name) if p.requires_grad]
     n_trainable = sum(p.numel() for ps in groups.values() for p in ps)
     if n_trainable == 0:
         raise ValueError(f"stage {cfg.stage!r} leaves nothing to train (modules: {modes})")

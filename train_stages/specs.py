@@ -22,10 +22,10 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
+from mllm.modules import MODULES
 from mllm.registry import Registry
 
 MODES = ("frozen", "full", "lora", "qlora")
-MODULES = ("vision", "connector", "llm", "gen_head")
 
 
 @dataclass

@@ -32,10 +32,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..report import format_table, write_scores
-from .data import answer_of, parse_index
 from data_pipelines.mmbench.extract import extract_choice
 from data_pipelines.mmbench.prompt import options_dict
+
+from ..report import format_table, write_scores
+from .data import answer_of, parse_index
 
 CIRCULAR_OFFSET = 1_000_000  # VLMEvalKit: pass k of question i has index i + k * 1e6
 
