@@ -30,6 +30,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import yaml
 
+from data_pipelines.formats import read_records
 from data_pipelines.records import Record, SkipStats
 
 _SOURCE_FIELDS = ("path", "format", "image_root", "weight", "max_samples", "split", "image_placement")
@@ -116,8 +117,6 @@ class MixtureSpec:
     def stream(self, stats: SkipStats, strict: bool = False) -> Iterator[Record]:
         """Weighted random interleaving of the sources' record streams (a ``StreamingMultimodalDataset``
         source); stops when the first source is exhausted."""
-        from data_pipelines.formats import read_records
-
         its = [iter(read_records(s.path, s.format, stats=stats, strict=strict, **s.reader_kwargs()))
                for s in self.sources]
         rng = random.Random(self.seed)
@@ -152,8 +151,6 @@ def _take(records: List[Record], n: int, rng: random.Random) -> List[Record]:
 
 def load_mixture(spec: MixtureSpec, *, stats: Optional[SkipStats] = None, strict: bool = False) -> List[Record]:
     """Read every source (good records only, counted into ``stats``) and mix them by the quotas."""
-    from data_pipelines.formats import read_records
-
     stats = stats if stats is not None else SkipStats()
     per_source = []
     for s in spec.sources:

@@ -11,7 +11,7 @@ _LAZY = {
     "MultimodalLM": ("mllm.model", "MultimodalLM"),
     "ModelConfig": ("mllm.config", "ModelConfig"),
     "get_preset": ("mllm.presets", "get_preset"),
-    "load_pretrained": ("mllm.checkpoint", "load_pretrained"),
+    "load_pretrained": ("mllm.model", "load_pretrained"),
 }
 
 

@@ -1,7 +1,8 @@
 """Checkpoint directories: ``mllm_config.json`` + ``config.json`` + safetensors weights + tokenizer files.
 
     save_pretrained(model, "ckpt", max_shard_size="2GB")
-    model = load_pretrained("ckpt")                 # strict: missing or unexpected keys are errors
+    load_weights(model, load_state_dict_files("ckpt"))   # strict: missing or unexpected keys are errors
+    model = mllm.model.load_pretrained("ckpt")           # the whole model (MultimodalLM.from_pretrained)
 
 The saved config is self-contained: the tower's and the LLM's architectures are written out, so a
 checkpoint reloads offline without any hub id. Weights are safetensors only; nothing is unpickled.
@@ -176,32 +177,3 @@ def load_weights(model: torch.nn.Module, state: Dict[str, torch.Tensor], source:
     leftover = [k for k in incompatible.missing_keys if k not in aliases and k not in (allow_missing or [])]
     if leftover:
         raise ValueError(f"{source}: weights not loaded: {leftover[:10]}")
-
-
-def load_pretrained(path: str, device: Optional[str] = None, dtype: Optional[torch.dtype] = None):
-    from .model import MultimodalLM
-    from .tokenizer import load_tokenizer
-
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"checkpoint directory {path!r} does not exist")
-    cfg_path = os.path.join(path, CONFIG_NAME)
-    if not os.path.exists(cfg_path):
-        raise FileNotFoundError(f"{path}: no {CONFIG_NAME}; not an mllm checkpoint "
-                                f"(a llava-hf checkpoint can be converted with `mllm import`)")
-    cfg = ModelConfig.load(cfg_path)
-    tokenizer = load_tokenizer(path)
-    model = MultimodalLM.build(cfg, tokenizer=tokenizer)
-    load_weights(model, load_state_dict_files(path), source=path)
-    if hasattr(model.llm, "tie_weights"):
-        model.llm.tie_weights()
-    adapter = os.path.join(path, ADAPTER_DIR)
-    if os.path.isdir(adapter):
-        from peft import PeftModel
-
-        model.llm = PeftModel.from_pretrained(model.llm, adapter, is_trainable=False)
-    if dtype is not None:
-        model.to(dtype)
-    if device is not None:
-        model.to(device)
-    model.eval()
-    return model

@@ -19,7 +19,8 @@ to right); each image's tokens form one contiguous run of ``geometry.num_image_t
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+import os
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -27,9 +28,12 @@ from torch import nn
 from connectors.registry import build_connector
 
 from .batching import pad_left
-from .config import ModelConfig
+from .checkpoint import ADAPTER_DIR, load_state_dict_files, load_weights, save_pretrained
+from .config import CONFIG_NAME, ModelConfig
+from .gen.head import GenHead, GenHeadConfig
 from .geometry import ImageGeometry
 from .llm import load_llm
+from .tokenizer import load_tokenizer
 from .vision import build_vision_tower
 
 
@@ -93,13 +97,9 @@ class MultimodalLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str, **kwargs) -> "MultimodalLM":
-        from .checkpoint import load_pretrained
-
         return load_pretrained(path, **kwargs)
 
     def save_pretrained(self, path: str, **kwargs) -> None:
-        from .checkpoint import save_pretrained
-
         save_pretrained(self, path, **kwargs)
 
     # ---- properties ----------------------------------------------------------------------------------
@@ -244,8 +244,6 @@ class MultimodalLM(nn.Module):
 
 # ---- generation-head helpers (plain functions: the gen data pipeline tokenises the same way) ----------
 def _build_gen_head(cfg: Dict[str, Any], llm, dtype: torch.dtype):
-    from .gen.head import GenHead, GenHeadConfig
-
     head_cfg = cfg if isinstance(cfg, GenHeadConfig) else GenHeadConfig.from_dict(dict(cfg))
     return GenHead(head_cfg, llm.config.hidden_size).to(dtype)
 
@@ -255,3 +253,31 @@ def gen_prompt_ids(tokenizer, prompt: str) -> List[int]:
     ids = tokenizer.encode(prompt, add_special_tokens=False)
     bos = tokenizer.bos_token_id
     return ([bos] if bos is not None else []) + list(ids)
+
+
+def load_pretrained(path: str, device: Optional[str] = None, dtype: Optional[torch.dtype] = None) -> MultimodalLM:
+    """A checkpoint directory (``mllm.checkpoint`` layout) -> the model, strictly (missing or unexpected
+    weight keys are errors), with a LoRA adapter kept beside the base weights loaded through peft."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint directory {path!r} does not exist")
+    cfg_path = os.path.join(path, CONFIG_NAME)
+    if not os.path.exists(cfg_path):
+        raise FileNotFoundError(f"{path}: no {CONFIG_NAME}; not an mllm checkpoint "
+                                f"(a llava-hf checkpoint can be converted with `mllm import`)")
+    cfg = ModelConfig.load(cfg_path)
+    tokenizer = load_tokenizer(path)
+    model = MultimodalLM.build(cfg, tokenizer=tokenizer)
+    load_weights(model, load_state_dict_files(path), source=path)
+    if hasattr(model.llm, "tie_weights"):
+        model.llm.tie_weights()
+    adapter = os.path.join(path, ADAPTER_DIR)
+    if os.path.isdir(adapter):
+        from peft import PeftModel  # here: peft is needed only for checkpoints that keep an adapter
+
+        model.llm = PeftModel.from_pretrained(model.llm, adapter, is_trainable=False)
+    if dtype is not None:
+        model.to(dtype)
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return model

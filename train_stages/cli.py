@@ -20,14 +20,14 @@ def add_arguments(p: argparse.ArgumentParser, stage: Optional[str] = None) -> No
 def run(args, stage: Optional[str] = None) -> int:
     import torch.distributed as dist
 
-    from .specs import TrainConfig
+    from .specs import TrainConfig  # lazy: `mllm --help` builds this parser (CLI start-up)
 
     stage = stage or args.stage
     overrides: List[str] = list(args.overrides) + [f"stage={stage}"]
     if args.resume:
         overrides.append(f"resume={args.resume}")
     if stage == "encoder":
-        from .encoder_pretrain import EncoderPretrainConfig, pretrain_encoder
+        from .encoder_pretrain import EncoderPretrainConfig, pretrain_encoder  # lazy: CLI start-up, as above
         import yaml
 
         with open(args.config) as f:
@@ -38,7 +38,7 @@ def run(args, stage: Optional[str] = None) -> int:
         pretrain_encoder(EncoderPretrainConfig(**data))
         return 0
     cfg = TrainConfig.load(args.config, overrides)
-    from .runner import run_stage
+    from .runner import run_stage  # lazy: CLI start-up, as above
 
     run_stage(cfg)
     # only under a launcher (torchrun / deepspeed): never end a process that merely called us in-process

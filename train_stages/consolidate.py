@@ -18,6 +18,7 @@ import torch
 from data_pipelines.processor import MultimodalProcessor
 from mllm.modules import MODULES, owns_key
 
+from .freeze import _lora_config
 from .specs import TrainConfig
 
 log = logging.getLogger("mllm.train")
@@ -25,8 +26,6 @@ log = logging.getLogger("mllm.train")
 
 def consolidate(cfg: TrainConfig, trained: Dict[str, torch.Tensor], load_start_model: Callable):
     from peft import get_peft_model
-
-    from .freeze import _lora_config
 
     model = load_start_model(cfg)
     lora = cfg.module("llm").mode in ("lora", "qlora")

@@ -27,7 +27,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from data_pipelines.image_processor import AnyResImageProcessor
+from data_pipelines.images import load_image
 from data_pipelines.processor import MultimodalProcessor
+from mllm.config import apply_overrides
+from mllm.model import MultimodalLM
+from mllm.presets import get_preset
 
 log = logging.getLogger("mllm.train")
 
@@ -119,12 +124,6 @@ def _load_pairs(path: str, image_root: Optional[str]):
 
 def pretrain_encoder(cfg: EncoderPretrainConfig, progress: bool = True) -> dict:
     from open_clip.loss import ClipLoss
-
-    from data_pipelines.image_processor import AnyResImageProcessor
-    from data_pipelines.images import load_image
-    from mllm.config import apply_overrides
-    from mllm.model import MultimodalLM
-    from mllm.presets import get_preset
 
     torch.manual_seed(cfg.seed)
     mcfg = apply_overrides(get_preset(cfg.model), cfg.model_overrides)

@@ -20,8 +20,17 @@ from typing import Dict, Optional
 import torch
 import torch.distributed as dist
 
+from mllm.config import apply_overrides
+from mllm.gen.head import GenHeadConfig
+from mllm.model import MultimodalLM
+from mllm.presets import get_preset
+
+from .consolidate import consolidate_and_save
+from .data import build_training_data
 from .freeze import apply_policy, param_table, per_module_param_groups
 from .specs import TrainConfig
+from .trainer import (DataPositionCallback, MetricsCallback, MLLMTrainer, gathered_state_dict, latest_checkpoint,
+                      remove_incomplete_checkpoints)
 
 log = logging.getLogger("mllm.train")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -85,10 +94,6 @@ def zero_stage(path: Optional[str]) -> int:
 
 def load_start_model(cfg: TrainConfig):
     """The stage's input model, in full precision (explicit ``init_from``, or a preset for a first stage)."""
-    from mllm.config import apply_overrides
-    from mllm.model import MultimodalLM
-    from mllm.presets import get_preset
-
     if cfg.init_from:
         model = MultimodalLM.from_pretrained(cfg.init_from)
     else:
@@ -101,8 +106,6 @@ def load_start_model(cfg: TrainConfig):
 def ensure_gen_head(model, cfg: TrainConfig) -> None:
     """The gen stage trains a head: add a fresh one (``cfg.gen_head``) to a model without; a model that has
     one keeps it, and a ``cfg.gen_head`` that describes a different head is an error, not silently ignored."""
-    from mllm.gen.head import GenHeadConfig
-
     if model.gen_head is None:
         model.add_gen_head(cfg.gen_head)
         log.info("added a fresh image-generation head: %s", json.dumps(model.config.gen_head))
@@ -152,11 +155,6 @@ def _training_args(cfg: TrainConfig, ds_path: Optional[str]):
 
 def run_stage(cfg: TrainConfig) -> Dict:
     from transformers import set_seed
-
-    from .consolidate import consolidate_and_save
-    from .data import build_training_data
-    from .trainer import (DataPositionCallback, MetricsCallback, MLLMTrainer, gathered_state_dict,
-                          latest_checkpoint, remove_incomplete_checkpoints)
 
     setup_logging()
     t0 = time.time()

@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from transformers import Trainer, TrainerCallback
 
+from mllm.checkpoint import load_state_dict_files, load_weights, save_state_dict, unique_state_dict
+
 COMPLETE_MARKER = "mllm_complete.json"
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 
@@ -84,8 +86,6 @@ class MLLMTrainer(Trainer):
 
     def _save(self, output_dir: Optional[str] = None, state_dict=None):
         # the Trainer's own writer refuses tied (shared) tensors; store each storage once, as save_pretrained does
-        from mllm.checkpoint import save_state_dict, unique_state_dict
-
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         if state_dict is None:
@@ -95,7 +95,6 @@ class MLLMTrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         if self.is_deepspeed_enabled:  # DeepSpeed restores its own (sharded) model states
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        from mllm.checkpoint import load_state_dict_files, load_weights
 
         model = model if model is not None else self.model
         load_weights(self.accelerator.unwrap_model(model), load_state_dict_files(resume_from_checkpoint),

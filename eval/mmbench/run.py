@@ -20,6 +20,7 @@ import base64
 import binascii
 from typing import Any
 
+from data_pipelines.images import load_image
 from data_pipelines.mmbench.prompt import build_mmbench_prompt
 from eval.mmbench.score import group_of
 from eval.runner import Question, RunOutcome, run_predictions
@@ -28,8 +29,6 @@ IMAGE_PREFIX = "<image>\n"
 
 
 def mmbench_question(data, row) -> Question:
-    from data_pipelines.images import load_image
-
     index = int(row["index"])
     images = []
     for k, cell in enumerate(data.image_strings(index)):

@@ -18,6 +18,15 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
+from data_pipelines.shapes import make_shapes
+from mllm.app.chat import ChatSession, load_backend
+from mllm.app.cli import main as cli
+from mllm.app.demo_gen import run_gen_step
+from mllm.app.export import export_model
+from train_stages.encoder_pretrain import EncoderPretrainConfig, pretrain_encoder
+from train_stages.runner import run_stage
+from train_stages.specs import TrainConfig
+
 log = logging.getLogger("mllm.app.demo")
 
 
@@ -51,8 +60,6 @@ QUICK = DemoPlan(n_train=64, n_test=16, encoder_epochs=1, align_epochs=1, multit
 
 def _stage_config(stage: str, out: str, init_from: str, data: List[Dict], plan: DemoPlan, lr: float,
                   epochs: float, **extra):
-    from train_stages.specs import TrainConfig
-
     return TrainConfig.from_dict(dict(
         stage=stage, output_dir=os.path.join(out, stage), init_from=init_from, data=data,
         deepspeed="none", per_device_train_batch_size=plan.batch_size, learning_rate=lr,
@@ -61,10 +68,6 @@ def _stage_config(stage: str, out: str, init_from: str, data: List[Dict], plan: 
 
 
 def run_demo(out: str, plan: Optional[DemoPlan] = None) -> Dict:
-    from data_pipelines.shapes import make_shapes
-    from train_stages.encoder_pretrain import EncoderPretrainConfig, pretrain_encoder
-    from train_stages.runner import run_stage
-
     import torch
 
     plan = plan or DemoPlan()
@@ -102,8 +105,6 @@ def run_demo(out: str, plan: Optional[DemoPlan] = None) -> Dict:
         s = run_stage(cfg)
         rows.append({"step": f"train: {stage}", "seconds": time.time() - t, "loss": s.get("last_loss")})
 
-    from mllm.app.cli import main as cli
-
     t = time.time()
     eval_dir = os.path.join(out, "eval_mmbench")
     rc = cli(["eval", "mmbench", "--model", os.path.join(out, "instruct"), "--data",
@@ -116,8 +117,6 @@ def run_demo(out: str, plan: Optional[DemoPlan] = None) -> Dict:
     rows.append({"step": "eval: MMBench (Shapes DEV)", "seconds": time.time() - t, "loss": None})
 
     t = time.time()
-    from mllm.app.export import export_model
-
     report = export_model(os.path.join(out, "instruct"), os.path.join(out, "hf_export"), verify=True,
                           overwrite=True, log=log.info)
     rows.append({"step": f"export ({report.path}) + verify", "seconds": time.time() - t, "loss": None})
@@ -128,8 +127,6 @@ def run_demo(out: str, plan: Optional[DemoPlan] = None) -> Dict:
 
     generation = None
     if plan.generation:
-        from mllm.app.demo_gen import run_gen_step
-
         row, metrics = run_gen_step(out, data_dir, os.path.join(out, "instruct"), plan)
         rows.append(row)
         generation = {k: metrics[k] for k in ("colour_shape_accuracy", "colour_accuracy", "shape_accuracy",
@@ -155,8 +152,6 @@ def run_demo(out: str, plan: Optional[DemoPlan] = None) -> Dict:
 
 def _sample_chat(out: str, data_dir: str) -> Dict:
     """Ask the trained model about the first held-out image, through the chat session API."""
-    from mllm.app.chat import ChatSession, load_backend
-
     with open(os.path.join(data_dir, "scenes_test.jsonl")) as f:
         scene = json.loads(f.readline())
     shape = scene["shapes"][0]

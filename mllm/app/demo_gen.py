@@ -24,6 +24,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from data_pipelines.shapes.gen import make_gen_data, read_gen_json
+from eval.gen.fd import evaluate_generation
+from mllm.model import MultimodalLM
+from train_stages.runner import run_stage
+from train_stages.specs import TrainConfig
+
 log = logging.getLogger("mllm.app.demo")
 
 METRICS_FILE = "generation_metrics.json"
@@ -71,8 +77,6 @@ def resolve_gen_plan(plan: Any = None) -> GenPlan:
 
 def ensure_gen_data(data_dir: str, plan: GenPlan) -> Tuple[str, str]:
     """gen_train.json / gen_test.json in ``data_dir``, made (data_pipelines.shapes.gen) when absent."""
-    from data_pipelines.shapes.gen import make_gen_data
-
     train, test = os.path.join(data_dir, "gen_train.json"), os.path.join(data_dir, "gen_test.json")
     if not (os.path.exists(train) and os.path.exists(test)):
         size = int(plan.gen_head.get("image_size", 48))
@@ -82,8 +86,6 @@ def ensure_gen_data(data_dir: str, plan: GenPlan) -> Tuple[str, str]:
 
 
 def gen_stage_config(out: str, init_from: str, train_json: str, plan: GenPlan):
-    from train_stages.specs import TrainConfig
-
     return TrainConfig.from_dict(dict(
         stage="gen", output_dir=os.path.join(out, "gen"), init_from=init_from,
         data=[{"path": train_json, "format": "gen"}], deepspeed="none", gen_head=dict(plan.gen_head),
@@ -128,11 +130,6 @@ def save_grid(images, path: str, cols: int = 8, pad: int = 2, scale: int = 3) ->
 def run_gen_step(out: str, data_dir: str, init_from: str, plan: Any = None) -> Tuple[Dict, Dict]:
     """Train the head on ``init_from`` (an instruct-stage output), generate and score; returns the demo's
     summary row {"step", "seconds", "loss"} and the metrics written to ``out/generation_metrics.json``."""
-    from data_pipelines.shapes.gen import read_gen_json
-    from eval.gen.fd import evaluate_generation
-    from mllm.model import MultimodalLM
-    from train_stages.runner import run_stage
-
     plan = resolve_gen_plan(plan)
     os.makedirs(out, exist_ok=True)
     t0 = time.time()

@@ -15,8 +15,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from data_pipelines.processor import MultimodalProcessor
-from mllm.checkpoint import load_pretrained
 from mllm.constants import MAX_IMAGE_PIXELS
+from mllm.model import load_pretrained
 
 from .prompt import ChatError, Prompt
 

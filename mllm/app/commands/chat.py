@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from transformers import set_seed
     from transformers.utils import logging as hf_logging
 
+    # lazy: CLI start-up (see commands/__init__.py)
     from mllm.app.chat import ChatSession, GenerationSettings, load_backend, run_interactive
 
     hf_logging.set_verbosity_error()

@@ -20,7 +20,7 @@ DESCRIPTION = """Make datasets.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from data_pipelines.shapes import DEFAULT_TEST, DEFAULT_TRAIN
+    from data_pipelines.shapes import DEFAULT_TEST, DEFAULT_TRAIN  # lazy: CLI start-up (see commands/__init__.py)
 
     sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     p = sub.add_parser("make-shapes", help="generate the Shapes world dataset",
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _make_shapes(args: argparse.Namespace) -> int:
-    from data_pipelines.shapes import make_shapes
+    from data_pipelines.shapes import make_shapes  # lazy: CLI start-up (see commands/__init__.py)
 
     manifest = make_shapes(args.out, seed=args.seed, n_train=args.train, n_test=args.test,
                            overwrite=args.overwrite)

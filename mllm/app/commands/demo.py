@@ -20,7 +20,7 @@ def add_arguments(p):
 def run(args) -> int:
     import logging
 
-    from mllm.app.demo import QUICK, DemoPlan, run_demo
+    from mllm.app.demo import QUICK, DemoPlan, run_demo  # lazy: CLI start-up (see commands/__init__.py)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     plan = QUICK if args.quick else DemoPlan()

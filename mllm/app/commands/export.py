@@ -41,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from mllm.app.export import export_model
-    from mllm.llm import resolve_dtype
+    from mllm.app.export import export_model  # lazy: CLI start-up (see commands/__init__.py)
+    from mllm.llm import resolve_dtype  # lazy: CLI start-up (see commands/__init__.py)
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
     report = export_model(args.model, args.out, verify=args.verify, path=args.path,

@@ -63,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
-    from mllm.config import ModelConfig
-    from mllm.model import MultimodalLM
+    from mllm.config import ModelConfig  # lazy: CLI start-up (see commands/__init__.py)
+    from mllm.model import MultimodalLM  # lazy: CLI start-up (see commands/__init__.py)
 
     _check(args)
     # fail before loading any weights when the checkpoint has no head

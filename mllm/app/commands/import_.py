@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mllm.app.export.importer import import_llava
+    from mllm.app.export.importer import import_llava  # lazy: CLI start-up (see commands/__init__.py)
 
     import_llava(args.source, args.out, chat_template=args.chat_template, overwrite=args.overwrite, log=print)
     return 0

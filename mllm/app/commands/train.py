@@ -13,12 +13,12 @@ DESCRIPTION = """Run a training stage from a YAML config.
 
 
 def add_arguments(p):
-    from train_stages.cli import add_arguments as add
+    from train_stages.cli import add_arguments as add  # lazy: CLI start-up (see commands/__init__.py)
 
     add(p)
 
 
 def run(args) -> int:
-    from train_stages.cli import run as run_stage
+    from train_stages.cli import run as run_stage  # lazy: CLI start-up (see commands/__init__.py)
 
     return run_stage(args)

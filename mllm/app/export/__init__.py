@@ -27,8 +27,14 @@ from typing import Any, Callable, Dict, Optional
 import torch
 
 from data_pipelines.processor import MultimodalProcessor
+from mllm.config import ModelConfig
+from mllm.llm import resolve_dtype
 
-from .common import load_for_export, merge_lora_if_any
+from .common import CHAT_TEMPLATE_FILE, load_for_export, merge_lora_if_any
+from .llava import export_llava, native_blocker
+from .remote import REMOTE_FILES, export_remote
+from .towers import NotConvertible, export_vision_tower
+from .verify import verify_export
 
 PATHS = ("auto", "native", "remote")
 
@@ -44,9 +50,6 @@ class ExportReport:
 
 def choose_path(model, force: str = "auto"):
     """(path, converted tower or None, reason): the export route for ``model`` (see the module docstring)."""
-    from .llava import native_blocker
-    from .towers import NotConvertible, export_vision_tower
-
     if force not in PATHS:
         raise ValueError(f"unknown export path {force!r}; known: {', '.join(PATHS)}")
     conv, tower_reason = None, None
@@ -72,15 +75,10 @@ def export_model(source, out_dir: str, *, verify: bool = False, path: str = "aut
     (default: the checkpoint's / the LLM's). A ``MultimodalLM`` whose LLM is LoRA-wrapped is merged in place.
     ``verify_python`` runs the verification's transformers side with another interpreter.
     """
-    from .llava import export_llava
-    from .remote import export_remote
-
     _check_out_dir(out_dir, overwrite)
     if isinstance(source, (str, os.PathLike)):
         model = load_for_export(str(source), log)  # float32 in memory
         if dtype is None:  # write the weights in the precision the checkpoint was saved in
-            from mllm.config import ModelConfig
-            from mllm.llm import resolve_dtype
 
             dtype = resolve_dtype(ModelConfig.load(str(source)).llm.dtype)
     else:
@@ -99,8 +97,6 @@ def export_model(source, out_dir: str, *, verify: bool = False, path: str = "aut
         config = export_llava(model, conv, out_dir, **kwargs)
     report = ExportReport(out_dir=out_dir, path=route, reason=reason, config=config)
     if verify:
-        from .verify import verify_export
-
         report.verify = verify_export(model, out_dir, python=verify_python)
         if log:
             log(report.verify.summary())
@@ -109,9 +105,6 @@ def export_model(source, out_dir: str, *, verify: bool = False, path: str = "aut
 
 def _remove_stale(out_dir: str) -> None:
     # files of an earlier export that this one may not rewrite (its code files, an old chat template)
-    from .common import CHAT_TEMPLATE_FILE
-    from .remote import REMOTE_FILES
-
     for name in REMOTE_FILES + (CHAT_TEMPLATE_FILE,):
         if os.path.isfile(os.path.join(out_dir, name)):
             os.remove(os.path.join(out_dir, name))

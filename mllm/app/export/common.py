@@ -20,6 +20,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from mllm.checkpoint import is_peft
+from mllm.checkpoint import merge_lora_if_any as merge
+from mllm.checkpoint import save_state_dict
+from mllm.model import load_pretrained
+
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 MODEL_INPUT_NAMES = ["input_ids", "attention_mask"]
 
@@ -33,9 +38,6 @@ def merge_lora_if_any(model, log: Optional[Log] = None):
     ``mllm.checkpoint.merge_lora_if_any`` does the merge (``merge_and_unload``); this also refuses LoRA
     layers anywhere else, which would otherwise be exported as unknown ``lora_A`` / ``base_layer`` keys.
     """
-    from mllm.checkpoint import is_peft
-    from mllm.checkpoint import merge_lora_if_any as merge
-
     wrapped = is_peft(model.llm)
     merge(model)
     try:
@@ -54,8 +56,6 @@ def merge_lora_if_any(model, log: Optional[Log] = None):
 def load_for_export(path: str, log: Optional[Log] = None):
     """Load an mllm checkpoint directory in float32, with a LoRA adapter kept beside the base weights
     (``mllm.checkpoint.ADAPTER_DIR``) merged into the LLM."""
-    from mllm.checkpoint import load_pretrained
-
     if not os.path.isdir(path):
         raise FileNotFoundError(f"--model {path!r} is not a directory")
     model = load_pretrained(path, dtype=torch.float32)
@@ -168,8 +168,6 @@ def write_generation_config(tokenizer, out_dir: str, text_config: Optional[Dict[
 # ---- weights / json -----------------------------------------------------------------------------------------
 def write_weights(state: Dict[str, torch.Tensor], out_dir: str, max_shard_size="5GB") -> List[str]:
     """Safetensors only (sharded with an index above ``max_shard_size``); shared storages are cloned."""
-    from mllm.checkpoint import save_state_dict
-
     seen = set()
     clean: Dict[str, torch.Tensor] = {}
     for name, t in state.items():

@@ -21,8 +21,12 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from data_pipelines.processor import MultimodalProcessor
-
+from data_pipelines.templates import TEMPLATES, get_template
+from mllm.checkpoint import load_state_dict_files, load_weights
 from mllm.config import AnyResConfig, ConnectorConfig, ImageConfig, LLMConfig, ModelConfig, VisionConfig
+from mllm.model import MultimodalLM
+from mllm.vision.hf import arch_dict
+
 from .common import CHAT_TEMPLATE_FILE, Log, hf_text_config
 
 VISION_KINDS = {"clip_vision_model": "hf_clip", "siglip_vision_model": "hf_siglip"}
@@ -41,8 +45,6 @@ def _read_json(path: str, what: str) -> Dict[str, Any]:
 
 
 def read_hf_weights(src: str) -> Dict[str, torch.Tensor]:
-    from mllm.checkpoint import load_state_dict_files
-
     if not any(f.endswith(".safetensors") for f in os.listdir(src)):
         bins = [f for f in os.listdir(src) if f.endswith((".bin", ".pt", ".pth"))]
         raise ValueError(f"{src}: no safetensors weights{f' (found {bins})' if bins else ''}; only safetensors "
@@ -93,8 +95,6 @@ def mllm_config_from_hf(src: str, chat_template: Optional[str] = None,
                         log: Optional[Log] = None) -> Tuple[ModelConfig, Any]:
     """(our ModelConfig, the transformers config) for the llava-hf checkpoint in ``src``."""
     from transformers import AutoConfig
-
-    from mllm.vision.hf import arch_dict
 
     cfg_path = os.path.join(src, "config.json")
     raw = _read_json(cfg_path, "the model config")
@@ -168,11 +168,7 @@ def _match_template(src: str, log: Optional[Log]) -> str:
             jinja = f.read()
     else:
         jinja = _read_optional_json(os.path.join(src, "tokenizer_config.json")).get("chat_template")
-    try:
-        from data_pipelines.templates import TEMPLATES, get_template
-    except ImportError:
-        TEMPLATES = None
-    if jinja and TEMPLATES is not None:
+    if jinja:
         for name in TEMPLATES.keys():
             if get_template(name).jinja() == jinja:
                 return name
@@ -186,9 +182,6 @@ def import_llava(src: str, out_dir: Optional[str] = None, *, chat_template: Opti
                  overwrite: bool = False, log: Optional[Log] = None):
     """Build the MultimodalLM of a llava-hf checkpoint; save it to ``out_dir`` when given; return it."""
     from transformers import AutoTokenizer
-
-    from mllm.checkpoint import load_weights
-    from mllm.model import MultimodalLM
 
     if not os.path.isdir(src):
         raise FileNotFoundError(f"--from {src!r} is not a directory")

@@ -36,10 +36,10 @@ import torch
 import mllm.gen
 from mllm.vision.hf import arch_dict
 
-from .common import (Log, dtype_name, hf_text_config, write_generation_config, write_json, write_tokenizer,
-                     write_weights)
+from .common import Log, dtype_name, hf_text_config, write_generation_config, write_json, write_tokenizer, write_weights
 from .llava import image_processor_config
 from .towers import ConvertedTower
+from .verify import VerifyError
 
 REMOTE_CODE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "remote_code")
 REMOTE_FILES = ("configuration_mllm.py", "modeling_mllm.py", "processing_mllm.py", "anyres_mllm.py",
@@ -204,8 +204,6 @@ def verify_gen_export(model, export_dir: str, prompts=("a red circle at the top"
     import tempfile
 
     from safetensors.torch import load_file, save_file
-
-    from .verify import VerifyError
 
     if getattr(model, "gen_head", None) is None:
         raise ValueError("verify_gen_export: the model has no image-generation head")

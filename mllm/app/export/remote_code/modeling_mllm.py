@@ -84,7 +84,7 @@ class MllmForConditionalGeneration(MllmPreTrainedModel, GenerationMixin):
             self.vision_tower = AutoModel.from_config(config.vision_config)
             width = config.vision_config.hidden_size
         elif config.vision_backend == "open_clip":
-            from .vision_open_clip import OpenClipTower
+            from .vision_open_clip import OpenClipTower  # imports open_clip: only exports with that tower need it
 
             self.vision_tower = OpenClipTower(config.vision_config, config.vision_feature_layer)
             width = self.vision_tower.width
