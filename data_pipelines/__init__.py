@@ -11,11 +11,13 @@
                         collate_fn=PaddingCollator(model.tokenizer.pad_token_id))
     ...; stats.log(); metrics["data_skipped"] = stats.as_dict()
 
-Modules: ``records`` (Record, SkipStats, RecordError), ``formats`` (llava, sharegpt, hf readers),
-``mixture`` (weighted sources from YAML), ``templates`` (plain, vicuna_v1, llama3, chatml), ``tokenize``
-(segment-wise tokenisation, label masking, image expansion, truncation), ``dataset`` (map-style and
-streaming datasets), ``collate`` (padding and packing), ``sampler`` (length/modality grouped, resumable),
-``preflight``; ``images`` / ``image_processor`` (loading, AnyRes tiles); ``shapes`` (the Shapes world).
+Modules: ``processor`` (``MultimodalProcessor``: the one object between a conversation and model inputs,
+for training, chat, eval and export alike), ``records`` (Record, SkipStats, RecordError), ``formats`` (llava,
+sharegpt, hf readers), ``mixture`` (weighted sources from YAML), ``templates`` (plain, vicuna_v1, llama3,
+chatml), ``tokenize`` (segment-wise tokenisation, label masking, image expansion, truncation), ``dataset``
+(map-style and streaming datasets), ``collate`` (padding and packing), ``sampler`` (length/modality grouped,
+resumable), ``preflight``; ``images`` / ``image_processor`` (loading, AnyRes tiles); ``mmbench`` (the MMBench prompt and
+answer matching, shared with ``eval``); ``shapes`` (the Shapes world).
 Names below are imported lazily, so ``import data_pipelines`` stays cheap.
 """
 from __future__ import annotations

@@ -14,6 +14,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import LLMConfig
+from .constants import IMAGE_TOKEN
 from .registry import Registry
 from .tokenizer import ensure_image_token, load_tokenizer
 
@@ -40,7 +41,7 @@ def hf_config_from_dict(data: dict):
 
 @LLM_LOADERS.register("hf_causal_lm")
 def load_hf_causal_lm(cfg: LLMConfig, tokenizer: Optional[PreTrainedTokenizerBase] = None,
-                      image_token: str = "<image>") -> Tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+                      image_token: str = IMAGE_TOKEN) -> Tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     dtype = resolve_dtype(cfg.dtype)
     if cfg.name_or_path:
         try:
@@ -63,5 +64,5 @@ def load_hf_causal_lm(cfg: LLMConfig, tokenizer: Optional[PreTrainedTokenizerBas
     return model, tokenizer
 
 
-def load_llm(cfg: LLMConfig, tokenizer: Optional[PreTrainedTokenizerBase] = None, image_token: str = "<image>"):
+def load_llm(cfg: LLMConfig, tokenizer: Optional[PreTrainedTokenizerBase] = None, image_token: str = IMAGE_TOKEN):
     return LLM_LOADERS.get(cfg.kind)(cfg, tokenizer=tokenizer, image_token=image_token)

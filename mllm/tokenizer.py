@@ -15,6 +15,8 @@ from typing import Iterable, List, Optional
 
 from transformers import AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from .constants import IMAGE_TOKEN
+
 TINY_SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
 TINY_VOCAB_SIZE = 1024
 
@@ -98,7 +100,7 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False) -> Pre
     return tok
 
 
-def ensure_image_token(tok: PreTrainedTokenizerBase, image_token: str = "<image>") -> int:
+def ensure_image_token(tok: PreTrainedTokenizerBase, image_token: str = IMAGE_TOKEN) -> int:
     """Add ``image_token`` as a special token when missing; return its id."""
     if image_token not in tok.get_vocab():
         tok.add_special_tokens({"additional_special_tokens": [image_token]},

@@ -1,4 +1,4 @@
-"""``mllm chat`` and mllm/app/chat.py: one-shot and interactive, the training prompt format, errors, streaming,
+"""``mllm chat`` and mllm/app/chat/: one-shot and interactive, the training prompt format, errors, streaming,
 exported checkpoints.
 
     .venv/bin/python -m pytest -q tests/test_chat.py

@@ -5,7 +5,8 @@
 Every export below is verified the way ``mllm export --verify`` does it: the export is loaded with plain
 transformers in a fresh process (one process for all of them, to keep the file fast) and must give the
 same fp32 logits (<= 1e-4) and the same 16 greedy tokens as the source model. Portability to transformers
-4.57 is asserted through the on-disk layout it needs (ENVIRONMENT.md); only 5.x is installed here.
+4.57 is asserted through the on-disk layout it needs (see ``mllm/app/export/common.py`` and ``llava.py``);
+only 5.x is installed here.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Shapes generation data (gen_{train,test}.json), the rule-based checker and the Frechet distance
-(issue 7 metrics): determinism and held-out prompts, prompt <-> shapes round trip, the checker's ceiling
+(the generation metrics): determinism and held-out prompts, prompt <-> shapes round trip, the checker's ceiling
 and floor on real renders, its robustness to noise and blur, and FD against closed forms."""
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Stage 1, pretraining alignment: vision tower and LLM frozen, the connector learns on captions (plain template), ZeRO-2.
 
-    python -m train_stages.align --config configs/align.yaml [--set key=value ...] [--resume auto]
-    torchrun --nproc_per_node 2 -m train_stages.align --config configs/align.yaml
-    deepspeed --num_gpus 8 train_stages/align.py --config configs/align.yaml
-    mllm train --stage align --config configs/align.yaml
+    python -m train_stages.align --config align.yaml [--set key=value ...] [--resume auto]
+    torchrun --nproc_per_node 2 -m train_stages.align --config align.yaml
+    deepspeed --num_gpus 8 train_stages/align.py --config align.yaml
+    mllm train --stage align --config align.yaml
 """
 import os
 import sys

@@ -1,9 +1,9 @@
 """Stage 3, instruction tuning: multi-turn conversations; LLM full, LoRA or QLoRA (4-bit bitsandbytes via peft); ZeRO-3.
 
-    python -m train_stages.instruct --config configs/instruct.yaml [--set key=value ...] [--resume auto]
-    torchrun --nproc_per_node 2 -m train_stages.instruct --config configs/instruct.yaml
-    deepspeed --num_gpus 8 train_stages/instruct.py --config configs/instruct.yaml
-    mllm train --stage instruct --config configs/instruct.yaml
+    python -m train_stages.instruct --config instruct.yaml [--set key=value ...] [--resume auto]
+    torchrun --nproc_per_node 2 -m train_stages.instruct --config instruct.yaml
+    deepspeed --num_gpus 8 train_stages/instruct.py --config instruct.yaml
+    mllm train --stage instruct --config instruct.yaml
 """
 import os
 import sys

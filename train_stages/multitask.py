@@ -1,9 +1,9 @@
 """Stage 2, multitask: connector + LLM (full or LoRA) on a VQA/caption mixture; the tower optionally unfrozen with its own LR; ZeRO-3.
 
-    python -m train_stages.multitask --config configs/multitask.yaml [--set key=value ...] [--resume auto]
-    torchrun --nproc_per_node 2 -m train_stages.multitask --config configs/multitask.yaml
-    deepspeed --num_gpus 8 train_stages/multitask.py --config configs/multitask.yaml
-    mllm train --stage multitask --config configs/multitask.yaml
+    python -m train_stages.multitask --config multitask.yaml [--set key=value ...] [--resume auto]
+    torchrun --nproc_per_node 2 -m train_stages.multitask --config multitask.yaml
+    deepspeed --num_gpus 8 train_stages/multitask.py --config multitask.yaml
+    mllm train --stage multitask --config multitask.yaml
 """
 import os
 import sys

@@ -2,7 +2,7 @@
 
     from train_stages.runner import run_stage
     from train_stages.specs import TrainConfig
-    run_stage(TrainConfig.load("configs/align.yaml"))
+    run_stage(TrainConfig.load("align.yaml"))
 
 It loads the model (``init_from`` checkpoint, or a preset for a first stage), applies the stage's module
 policy, logs the parameter table, builds the data, trains, and writes a consolidated checkpoint

@@ -1,4 +1,4 @@
-"""Metrics for the image-generation head on the Shapes world (issue 7).
+"""Metrics for the image-generation head on the Shapes world.
 
     from eval.gen.checker import calibrate, check_image, score_images   # rule-based: colour, kind, position, count
     from eval.gen.fd import evaluate_generation, fd_scores, frechet_distance, tower_features

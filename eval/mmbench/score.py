@@ -23,7 +23,7 @@ Follows VLMEvalKit (``vlmeval/dataset/utils/multiple_choice.py``):
 Where we differ: predictions are joined to the data file, so a row without a prediction counts as wrong
 (VLMEvalKit scores only the rows present in the prediction file, and would judge a group on its remaining
 passes); missing rows are reported. Rows with an empty ``answer`` (TEST files) are not scored. A
-``split`` column is not used to split the report.
+``split`` column is not used to split the scores.
 """
 from __future__ import annotations
 

@@ -26,10 +26,11 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, List, Mapping, Tuple
 
+from mllm.constants import IMAGE_TOKEN
+
 from .data import IMAGE_COLUMNS, decode_image, parse_options
 
 PROMPT_VERSION = "mmmu-official-v1"
-IMAGE_TOKEN = "<image>"
 MULTI_CHOICE_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 OPEN_INSTRUCTION = "Answer the question using a single word or phrase."
 _PLACEHOLDER = re.compile(r"<image (\d+)>")

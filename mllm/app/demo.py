@@ -43,7 +43,7 @@ class DemoPlan:
     multitask_epochs: float = 1.0
     instruct_epochs: float = 0.5
     instruct_dialogs: int = 600  # stage-2 dialogs mixed into stage 3
-    generation: bool = True  # the gen step (issue 7): train the DiT head, sample held-out prompts, score
+    generation: bool = True  # the gen step: train the DiT head, sample held-out prompts, score
     batch_size: int = 16
     max_steps: int = -1  # > 0: cap every stage (smoke runs)
     eval_batch_size: int = 16

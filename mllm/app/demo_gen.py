@@ -48,7 +48,7 @@ class GenPlan:
     lr: float = 2e-3
     max_steps: int = -1  # > 0: cap the stage (smoke runs)
     warmup_ratio: float = 0.05
-    # the head: MetaQuery tokens and the DiT (tiny preset; see the measurements in the report)
+    # the head: MetaQuery tokens and the DiT (tiny preset; README "Measured results" has what it reaches)
     gen_head: Dict[str, Any] = field(default_factory=lambda: {"num_queries": 16, "dit": {"preset": "tiny"}})
     sample_steps: int = 10
     cfg_scale: float = 3.0

@@ -1,4 +1,4 @@
-"""``mllm chat``: talk to a checkpoint (ours or an export), one-shot or interactive; see mllm/app/chat.py.
+"""``mllm chat``: talk to a checkpoint (ours or an export), one-shot or interactive; see mllm/app/chat/.
 
     mllm chat --model ckpt/ --image cat.png --prompt "What is in the image?"    # one answer on stdout
     mllm chat --model ckpt/                                                       # interactive, streamed

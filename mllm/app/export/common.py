@@ -7,7 +7,7 @@ config and safetensors weights.
     write_generation_config(model.tokenizer, out, stop_ids=processor.stop_ids)   # EOS + end-of-turn ids
     write_weights(state_dict, out)             # model.safetensors (sharded above max_shard_size)
 
-The tokenizer files are written in the layout both transformers 4.57 and 5.x read (ENVIRONMENT.md):
+The tokenizer files are written in the layout both transformers 4.57 and 5.x read:
 ``tokenizer_config.json`` names ``PreTrainedTokenizerFast`` (5.x writes ``TokenizersBackend``, which 4.57
 does not know), lists ``model_input_names``, keeps the added specials in ``additional_special_tokens`` and
 names the image token in ``extra_special_tokens`` (a mapping, as 4.57 expects; 5.x writes a list).
@@ -23,6 +23,7 @@ import torch
 from mllm.checkpoint import is_peft
 from mllm.checkpoint import merge_lora_if_any as merge
 from mllm.checkpoint import save_state_dict
+from mllm.constants import IMAGE_TOKEN
 from mllm.model import load_pretrained
 
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
@@ -63,7 +64,7 @@ def load_for_export(path: str, log: Optional[Log] = None):
 
 
 # ---- tokenizer ------------------------------------------------------------------------------------------
-def write_tokenizer(tokenizer, out_dir: str, image_token: str = "<image>",
+def write_tokenizer(tokenizer, out_dir: str, image_token: str = IMAGE_TOKEN,
                     chat_template: Optional[str] = None) -> None:
     """Save ``tokenizer`` in the layout transformers 4.57 and 5.x both load (see the module docstring)."""
     tokenizer.save_pretrained(out_dir)

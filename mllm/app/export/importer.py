@@ -24,6 +24,7 @@ from data_pipelines.processor import MultimodalProcessor
 from data_pipelines.templates import TEMPLATES, get_template
 from mllm.checkpoint import load_state_dict_files, load_weights
 from mllm.config import AnyResConfig, ConnectorConfig, ImageConfig, LLMConfig, ModelConfig, VisionConfig
+from mllm.constants import IMAGE_TOKEN
 from mllm.model import MultimodalLM
 from mllm.vision.hf import arch_dict
 
@@ -122,7 +123,7 @@ def mllm_config_from_hf(src: str, chat_template: Optional[str] = None,
     pins = [list(p) for p in (hf.image_grid_pinpoints or pre.get("image_grid_pinpoints") or [])] if anyres else []
     text = hf_text_config(hf.text_config)
     proc = _read_optional_json(os.path.join(src, "processor_config.json"))
-    image_token = proc.get("image_token", "<image>")
+    image_token = proc.get("image_token", IMAGE_TOKEN)
     dtype = raw.get("torch_dtype") or raw.get("dtype")
     for key in ("image_mean", "image_std"):
         if not (isinstance(pre.get(key), list) and len(pre[key]) == 3):

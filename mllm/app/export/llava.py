@@ -5,7 +5,9 @@
     export_llava(model, conv, "out/")         # conv = mllm.app.export.towers.export_vision_tower(...)
 
 AnyRes on -> ``LlavaNextForConditionalGeneration``, off -> ``LlavaForConditionalGeneration``. What is
-written (the portable layout of ENVIRONMENT.md):
+written, in the layout both transformers 4.57 and 5.x load (5.x on its own writes the tower without its
+``vision_model.`` level and RoPE only in ``rope_parameters``; 4.57 would then silently re-initialise the
+tower and lose ``rope_theta``):
   config.json               4.x-compatible: vision_feature_layer (int or list, relative to the exported
                             tower), vision_feature_select_strategy ("default" drops CLS; "full" for SigLIP),
                             image_grid_pinpoints (h, w), image_token_index, projector_hidden_act "gelu",
