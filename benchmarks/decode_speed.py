@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     tps = {k: n / statistics.median(v) for k, v in times.items()}
     print(f"model: preset {args.preset!r}, {n_params / 1e6:.1f}M params, exported as {report.path} "
           f"(transformers {transformers.__version__}), torch threads {torch.get_num_threads()}")
-    print(f"prompt: {ids['input_ids'].shape[1]} tokens ({n_img} image tokens, image {image.height}x{image.width}); "
+    print(f"prompt: {input_ids.shape[1]} tokens ({enc.num_image_tokens} image tokens, image {image.height}x{image.width}); "
           f"{n} new tokens, {args.repeats} alternating rounds after one warm-up")
     print(f"ours:   {tps['ours']:8.1f} tokens/s  (median of {[round(t, 3) for t in times['ours']]} s)")
     print(f"theirs: {tps['theirs']:8.1f} tokens/s  (median of {[round(t, 3) for t in times['theirs']]} s)")
