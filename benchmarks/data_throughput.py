@@ -69,7 +69,7 @@ def breakdown(ds: MultimodalDataset, n: int) -> Dict[str, float]:
         t0 = time.perf_counter()
         images = [load_image(src, max_pixels=b.max_pixels) for src in rec.images]
         t1 = time.perf_counter()
-        processed = [b.processor.process(im) for im in images]
+        processed = [b.image_processor.process(im) for im in images]
         t2 = time.perf_counter()
         counts = [b.geometry.num_image_tokens(hw) for _, hw in processed]
         encode_conversation(rec.messages, b.template, b.tokenizer, counts, max_length=b.max_length)
