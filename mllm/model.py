@@ -235,8 +235,9 @@ class MultimodalLM(nn.Module):
         ids, mask = self.gen_prompt_inputs(prompts)
         return self.gen_head.sample(self, ids, mask, steps=steps, cfg_scale=cfg_scale, generator=generator)
 
-    def gradient_checkpointing_enable(self, vision: bool = True) -> None:
-        self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    def gradient_checkpointing_enable(self, vision: bool = True, kwargs: Optional[Dict[str, Any]] = None) -> None:
+        """``kwargs``: torch.utils.checkpoint options (default: non-reentrant, which works with frozen inputs)."""
+        self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=dict(kwargs or {"use_reentrant": False}))
         if vision:
             self.vision_tower.gradient_checkpointing_enable()
 

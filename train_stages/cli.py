@@ -23,21 +23,24 @@ def run(args, stage: Optional[str] = None) -> int:
     from .specs import TrainConfig
 
     stage = stage or args.stage
-    overrides: List[str] = list(args.overrides) + [f"stage={stage}"]
+    overrides: List[str] = list(args.overrides)
     if args.resume:
         overrides.append(f"resume={args.resume}")
     if stage == "encoder":
-        from .encoder_pretrain import EncoderPretrainConfig, pretrain_encoder
         import yaml
+
+        from mllm import typed
+
+        from .encoder_pretrain import EncoderPretrainConfig, pretrain_encoder
 
         with open(args.config) as f:
             data = yaml.safe_load(f) or {}
-        for item in args.overrides:
-            k, _, v = item.partition("=")
-            data[k] = yaml.safe_load(v)
-        pretrain_encoder(EncoderPretrainConfig(**data))
+        if data.pop("stage", "encoder") != "encoder":
+            raise ValueError(f"{args.config} is not an encoder-pretraining config (stage is not 'encoder')")
+        data = typed.apply_overrides(data, args.overrides)
+        pretrain_encoder(typed.from_dict(EncoderPretrainConfig, data, where=args.config))
         return 0
-    cfg = TrainConfig.load(args.config, overrides)
+    cfg = TrainConfig.load(args.config, overrides, stage=stage)
     from .runner import run_stage
 
     run_stage(cfg)

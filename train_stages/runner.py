@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from .freeze import apply_policy, param_table, per_module_param_groups
+from .hf_args import training_arguments
 from .specs import TrainConfig
 
 log = logging.getLogger("mllm.train")
@@ -115,41 +116,6 @@ def ensure_gen_head(model, cfg: TrainConfig) -> None:
                              f"drop 'gen_head' to keep training that head")
 
 
-def _training_args(cfg: TrainConfig, ds_path: Optional[str]):
-    from transformers import TrainingArguments
-
-    cuda = torch.cuda.is_available()
-    # TensorBoard (report_to: [tensorboard]) logs into each stage's own output_dir/tensorboard
-    os.environ["TENSORBOARD_LOGGING_DIR"] = os.path.join(cfg.output_dir, "tensorboard")
-    return TrainingArguments(
-        output_dir=cfg.output_dir,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.resolved_lr(),
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
-        warmup_steps=float(cfg.warmup_ratio),  # a float in [0, 1) is a ratio of the total steps
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        bf16=cfg.bf16,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps" if cfg.save_steps > 0 else "no",
-        save_steps=max(cfg.save_steps, 1),
-        save_total_limit=None,  # MLLMTrainer keeps the last N *complete* checkpoints itself
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        report_to=list(cfg.report_to) or "none",
-        deepspeed=ds_path,
-        use_cpu=not cuda,  # on CPU DeepSpeed needs it, or every rank thinks it is rank 0
-        remove_unused_columns=False,
-        dataloader_num_workers=cfg.dataloader_num_workers,
-        include_num_input_tokens_seen=True,
-        disable_tqdm=False,
-        ddp_find_unused_parameters=False,
-    )
-
-
 def run_stage(cfg: TrainConfig) -> Dict:
     from transformers import set_seed
 
@@ -175,14 +141,15 @@ def run_stage(cfg: TrainConfig) -> Dict:
     model.always_run_vision = cfg.always_run_vision if cfg.always_run_vision is not None \
         else world_size() > 1  # ZeRO-3 gathers and ZeRO-2/DDP gradient reductions need every rank in step
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(vision=cfg.module("vision").mode != "frozen")
+        model.gradient_checkpointing_enable(vision=cfg.module("vision").mode != "frozen",
+                                            kwargs=cfg.training_args.get("gradient_checkpointing_kwargs"))
     log.info("stage %s: trainable / frozen parameters\n%s", cfg.stage, param_table(model))
     if rank() == 0:
         model.config.save(os.path.join(cfg.output_dir, "mllm_config.resolved.json"))
 
     data = build_training_data(cfg, model)
     hidden = model.llm.get_input_embeddings().weight.shape[1]
-    args = _training_args(cfg, materialize_deepspeed(ds_path, hidden, cfg.output_dir))
+    args = training_arguments(cfg, materialize_deepspeed(ds_path, hidden, cfg.output_dir))
     metrics_path = os.path.join(cfg.output_dir, "metrics.jsonl")
     callbacks = [MetricsCallback(metrics_path, cfg.stage)]
     if data.sampler is not None:
