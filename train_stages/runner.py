@@ -84,6 +84,18 @@ def zero_stage(path: Optional[str]) -> int:
         return int(json.load(f).get("zero_optimization", {}).get("stage", 0))
 
 
+def needs_vision_every_step(model, world: int) -> bool:
+    """Whether a text-only batch must still run the tower + connector (a zero-weighted dummy tile).
+
+    Under several ranks, ZeRO-3 gathers and ZeRO-2/DDP gradient reductions need every rank to touch the same
+    parameters each step. On one rank, a text-only batch whose loss reaches no trainable parameter (stage 1:
+    only the connector learns, and the modality-grouped sampler makes text-only batches) has no graph to
+    back-propagate; the dummy pass gives it one, with zero gradients."""
+    if world > 1:
+        return True
+    return not any(p.requires_grad for p in model.llm.parameters())
+
+
 def load_start_model(cfg: TrainConfig):
     """The stage's input model, in full precision (explicit ``init_from``, or a preset for a first stage)."""
     from mllm.config import apply_overrides
@@ -139,7 +151,7 @@ def run_stage(cfg: TrainConfig) -> Dict:
     model = load_start_model(cfg)
     groups = apply_policy(model, cfg)
     model.always_run_vision = cfg.always_run_vision if cfg.always_run_vision is not None \
-        else world_size() > 1  # ZeRO-3 gathers and ZeRO-2/DDP gradient reductions need every rank in step
+        else needs_vision_every_step(model, world_size())
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(vision=cfg.module("vision").mode != "frozen",
                                             kwargs=cfg.training_args.get("gradient_checkpointing_kwargs"))
