@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from mllm.console import quiet_library_noise
+
+    quiet_library_noise()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):

@@ -20,6 +20,10 @@ def add_arguments(p: argparse.ArgumentParser, stage: Optional[str] = None) -> No
 def run(args, stage: Optional[str] = None) -> int:
     import torch.distributed as dist
 
+    from mllm.console import quiet_library_noise
+
+    quiet_library_noise()
+
     from .specs import TrainConfig
 
     stage = stage or args.stage
