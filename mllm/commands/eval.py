@@ -40,6 +40,29 @@ def _setup_logging(rank: int) -> None:
     logging.getLogger("mllm").setLevel(level)
 
 
+def load_eval_model(path: str, device: str = "cpu", bf16: bool = False):
+    """Our checkpoint, or a transformers Llava / LlavaNext directory (our export, a llava-hf checkpoint)
+    read through ``mllm import``'s converter, so both are prompted and decoded by the same harness."""
+    from eval.runner import load_model
+
+    from ..config import CONFIG_NAME
+
+    if os.path.isfile(os.path.join(path, CONFIG_NAME)) or not os.path.isfile(os.path.join(path, "config.json")):
+        return load_model(path, device=device, bf16=bf16)
+    import torch
+
+    from ..export.importer import import_llava
+
+    logging.getLogger("mllm.eval").info("%s is a transformers checkpoint: converting it in memory", path)
+    model = import_llava(path)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is available here")
+    if device == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    model = model.to(device)
+    return (model.to(torch.bfloat16) if bf16 else model).eval()
+
+
 def run_model_predictions(args: argparse.Namespace, rows: Any = None) -> Optional[Mapping[Union[int, str], str]]:
     """Predictions of the checkpoint ``args.model`` on ``rows`` (loaded from ``args.data`` when None):
     ``{index or id: response}`` on rank 0, None on the other ranks (they have nothing left to do).
@@ -69,7 +92,7 @@ def run_model_predictions(args: argparse.Namespace, rows: Any = None) -> Optiona
             from eval.mmmu.data import load_mmmu
 
             rows = load_mmmu(args.data, split=args.split)
-    model = load_model(args.model, device=args.device, bf16=args.bf16)
+    model = load_eval_model(args.model, device=args.device, bf16=args.bf16)
     generator = BatchGenerator(model, max_new_tokens=args.max_new_tokens)
     dtype = str(model.llm.get_input_embeddings().weight.dtype).replace("torch.", "")
     # what must match for a rerun to resume this directory's predictions (batch size and ranks need not)
