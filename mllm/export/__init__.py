@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 
@@ -63,12 +63,14 @@ def choose_path(model, force: str = "auto"):
 
 def export_model(source, out_dir: str, *, verify: bool = False, path: str = "auto",
                  dtype: Optional[torch.dtype] = None, max_shard_size="5GB", overwrite: bool = False,
-                 verify_python: Optional[str] = None, log: Optional[Callable[[str], None]] = print) -> ExportReport:
+                 verify_python: Optional[str] = None, log: Optional[Callable[[str], None]] = print,
+                 scores: Sequence[str] = ()) -> ExportReport:
     """Export an mllm model (a ``MultimodalLM`` or a checkpoint directory) to a transformers checkpoint.
 
     ``path`` forces "native" or "remote" ("auto": native when possible). ``dtype`` is the precision written
     (default: the checkpoint's / the LLM's). A ``MultimodalLM`` whose LLM is LoRA-wrapped is merged in place.
-    ``verify_python`` runs the verification's transformers side with another interpreter.
+    ``verify_python`` runs the verification's transformers side with another interpreter. A model card
+    (``README.md``: parts, training stages, ``scores`` files, how to load and serve) is written beside it.
     """
     from .llava import export_llava
     from .remote import export_remote
@@ -94,6 +96,10 @@ def export_model(source, out_dir: str, *, verify: bool = False, path: str = "aut
         config = export_remote(model, out_dir, conv, **kwargs)
     else:
         config = export_llava(model, conv, out_dir, **kwargs)
+    from .model_card import write_model_card
+
+    write_model_card(model, out_dir, route, source=str(source) if isinstance(source, (str, os.PathLike)) else None,
+                     scores=scores)
     report = ExportReport(out_dir=out_dir, path=route, reason=reason, config=config)
     if verify:
         from .verify import verify_export
@@ -109,7 +115,9 @@ def _remove_stale(out_dir: str) -> None:
     from .common import CHAT_TEMPLATE_FILE
     from .remote import REMOTE_FILES
 
-    for name in REMOTE_FILES + (CHAT_TEMPLATE_FILE,):
+    from .model_card import CARD_FILE
+
+    for name in REMOTE_FILES + (CHAT_TEMPLATE_FILE, CARD_FILE):
         if os.path.isfile(os.path.join(out_dir, name)):
             os.remove(os.path.join(out_dir, name))
 
