@@ -107,3 +107,11 @@ def test_auto_format_and_concatenation_by_default(world, tmp_path):
     data = build_training_data(cfg, model)
     ids = [r.id for r in data.dataset.records]
     assert len(ids) == n_vqa + 3 and len(set(ids)) == len(ids)  # each record exactly once
+
+
+def test_streaming_stage_trains_from_a_stage_config(world, tmp_path):
+    d = stage_dict("align", str(tmp_path / "st"), world["start"], world["mixed"], streaming=True, max_steps=2)
+    summary = run_stage(TrainConfig.from_dict(d))
+    assert summary["steps"] == 2
+    ch = changed_prefixes(weights(world["start"]), weights(str(tmp_path / "st")))
+    assert ch["connector"] and not ch["llm"]
