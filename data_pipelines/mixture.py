@@ -30,6 +30,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import yaml
 
+from mllm import typed
 from data_pipelines.records import Record, SkipStats
 
 _SOURCE_FIELDS = ("path", "format", "image_root", "weight", "max_samples", "split", "image_placement")
@@ -92,9 +93,10 @@ class MixtureSpec:
             for key in ("path", "image_root"):  # relative to the YAML file
                 if base_dir and item.get(key) and not os.path.isabs(item[key]):
                     item[key] = os.path.join(base_dir, item[key])
-            sources.append(SourceSpec(**item))
+            sources.append(typed.from_dict(SourceSpec, item, path=f"sources[{i}]", where=where))
         try:
-            return cls(sources, seed=int(data.get("seed", 0)), num_samples=data.get("num_samples"))
+            return cls(sources, seed=typed.coerce(int, data.get("seed", 0), "seed"),
+                       num_samples=typed.coerce(Optional[int], data.get("num_samples"), "num_samples"))
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
 

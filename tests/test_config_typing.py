@@ -116,3 +116,15 @@ def test_stage_data_defaults_auto_format_and_concatenation(tmp_path):
 
     spec = stage_mixture(cfg)
     assert [s.format for s in spec.sources] == ["auto", "auto"] and [s.weight for s in spec.sources] == [None, None]
+
+
+def test_mixture_yaml_is_typed_too(tmp_path):
+    from data_pipelines.mixture import MixtureSpec
+
+    y = tmp_path / "mix.yaml"
+    y.write_text("seed: '3'\nsources:\n  - {path: a.json, weight: 2e-1}\n  - {path: b.json, weight: 1}\n")
+    spec = MixtureSpec.from_yaml(str(y))
+    assert spec.seed == 3 and spec.sources[0].weight == 0.2 and isinstance(spec.sources[0].weight, float)
+    y.write_text("sources:\n  - {path: a.json, max_samples: lots}\n")
+    with pytest.raises(ValueError, match=r"mix.yaml: .*sources\[0\].max_samples.*'lots'"):
+        MixtureSpec.from_yaml(str(y))
