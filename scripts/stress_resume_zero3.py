@@ -2,7 +2,7 @@
 count how many end with weights equal to an uninterrupted run. Not a CI test (about a minute per point on
 two CPU cores).
 
-    DS_ACCELERATOR=cpu .venv/bin/python scripts/stress_resume_zero3.py --points 10 --seed 0 [--workdir /tmp/stress]
+    DS_ACCELERATOR=cpu .venv/bin/python scripts/stress_resume_zero3.py --points 10 --seed 0 [--workdir /tmp/stress --reuse]
 
 Each point: start the run (torchrun, 2 ranks, gloo, ZeRO-3, multitask stage on a tiny Shapes world), wait
 until a random training step k has been logged plus a random fraction of one step (so some kills land while
@@ -111,28 +111,35 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default="/tmp/mllm_stress_resume")
+    p.add_argument("--reuse", action="store_true", help="keep the world and uninterrupted run already in --workdir")
     args = p.parse_args(argv)
 
     from tests._train_fixtures import make_start, make_world
 
-    shutil.rmtree(args.workdir, ignore_errors=True)
-    os.makedirs(args.workdir)
-    world = {"data": make_world(args.workdir, n_train=32), "start": make_start(args.workdir)}
     ref = os.path.join(args.workdir, "ref")
-    t0 = time.time()
-    proc = _torchrun(_config(world, ref, args.steps))
-    log, _ = proc.communicate()
-    if proc.returncode != 0:
-        print(log[-4000:])
-        return 1
-    step_time = (time.time() - t0) / args.steps
-    print(f"uninterrupted run: {args.steps} steps in {time.time() - t0:.0f}s (incl. start-up)", flush=True)
+    world = {"data": os.path.join(args.workdir, "shapes"), "start": os.path.join(args.workdir, "start")}
+    if not (args.reuse and os.path.exists(os.path.join(ref, "summary.json"))):
+        shutil.rmtree(args.workdir, ignore_errors=True)
+        os.makedirs(args.workdir)
+        world = {"data": make_world(args.workdir, n_train=32), "start": make_start(args.workdir)}
+        t0 = time.time()
+        proc = _torchrun(_config(world, ref, args.steps))
+        log, _ = proc.communicate()
+        if proc.returncode != 0:
+            print(log[-4000:])
+            return 1
+        print(f"uninterrupted run: {args.steps} steps in {time.time() - t0:.0f}s (incl. start-up)", flush=True)
+    with open(os.path.join(ref, "metrics.jsonl")) as f:
+        times = [json.loads(line)["time"] for line in f if '"loss"' in line]
+    step_time = (times[-1] - times[0]) / max(len(times) - 1, 1)  # training steps only (saves included)
+    print(f"one step (with its share of checkpoint saves) takes {step_time:.2f}s", flush=True)
 
     rng = random.Random(args.seed)
     exact = close = 0
     for i in range(args.points):
         k, frac = rng.randint(1, args.steps - 2), rng.random()
         run = os.path.join(args.workdir, f"kill_{i}")
+        shutil.rmtree(run, ignore_errors=True)
         cfg = _config(world, run, args.steps)
         proc = _torchrun(cfg)
         while _logged_step(run) < k and proc.poll() is None:
