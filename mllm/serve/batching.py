@@ -49,6 +49,7 @@ class GenResult:
     finish_reason: str  # "stop" | "length" | "cancelled"
     completion_tokens: int  # tokens generated, a final stop token included
     prompt_tokens: int
+    token_ids: List[int] = field(default_factory=list)  # the answer's tokens (a final stop token not included)
 
 
 class _RowStops(StoppingCriteria):
@@ -128,5 +129,5 @@ def generate_batch(model: ServedModel, requests: Sequence[GenRequest]) -> List[G
         if rest and req.on_delta is not None:
             req.on_delta(rest)
         reason = stops.reasons[r] or "length"  # generate ended on its own max_new_tokens
-        results.append(GenResult(texts[r].text, reason, stops.counts[r], req.prompt.length))
+        results.append(GenResult(texts[r].text, reason, stops.counts[r], req.prompt.length, list(texts[r].ids)))
     return results
