@@ -82,7 +82,9 @@ def create_app(model: ServedModel, settings: Optional[ServeSettings] = None, web
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": model.id, "waiting": scheduler.waiting, "busy": scheduler.busy,
-                "auth": settings.api_key is not None}
+                "auth": settings.api_key is not None,
+                "batch_sizes": {str(k): v for k, v in sorted(scheduler.batch_sizes.items())},  # size -> batches
+                "finished": dict(scheduler.finished)}
 
     @app.get("/v1/models", dependencies=[Depends(check_key)])
     async def models():
