@@ -270,6 +270,17 @@ def test_api_key_on_every_route_but_health(files):
         assert ask(client(srv, api_key="s3cret"), [user("Hi?")]).choices[0].message.content.strip()
 
 
+@pytest.mark.gpu
+def test_cuda_bf16_server_answers_like_mllm_chat(files, native_export, capsys):
+    for path, name in ((files["ckpt"], MODEL_ID), (native_export, "hf_native")):
+        expected = chat_cli(capsys, path, [files["red"]], "What is shown?", "--device", "cuda", "--bf16")
+        with BackgroundServer(ServedModel.load(path, device="cuda", bf16=True), ServeSettings(port=0)) as srv:
+            api = client(srv)
+            assert ask(api, [user("What is shown?", files["red"])], model=name).choices[0].message.content == expected
+            pieces, _, _ = streamed(api, [user("What is shown?", files["red"])], model=name)
+            assert "".join(pieces) == expected
+
+
 # ---------------------------------------------------------------- the command
 
 def test_mllm_serve_command_answers_like_mllm_chat(files, capsys):

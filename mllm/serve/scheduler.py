@@ -80,6 +80,7 @@ class Scheduler:
         self.finished: Counter = Counter()  # finish reason -> count
         self.completed: List[Any] = []  # the last GenResults (most recent last), for inspection
         self.busy = False
+        self._running: List[Job] = []  # the batch being generated
         self._thread: Optional[threading.Thread] = None
 
     # ---- life cycle ---------------------------------------------------------------------------------------
@@ -99,6 +100,8 @@ class Scheduler:
             if job is not None:
                 job.cancel()
                 job.emit("error", "the server is shutting down")
+        for job in list(self._running):  # the running batch stops at its next token
+            job.cancel()
         self.queue.put(None)
         self._thread.join(timeout)
         self._thread = None
@@ -137,11 +140,11 @@ class Scheduler:
             batch = [j for j in self._collect(first) if not self._drop_cancelled(j)]
             if not batch:
                 continue
-            self.busy = True
+            self.busy, self._running = True, batch
             try:
                 self._run_batch(batch)
             finally:
-                self.busy = False
+                self.busy, self._running = False, []
 
     def _drop_cancelled(self, job: Job) -> bool:
         if job.cancelled:
