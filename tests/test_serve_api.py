@@ -126,6 +126,17 @@ def test_native_export_one_shot_equals_mllm_chat_on_it(files, native_export, cap
         assert "".join(pieces) == answers["red"]
 
 
+def test_remote_code_export_serves_only_with_trust_remote_code(files, capsys):
+    # transformers caches remote code under the directory's base name: one fixed name keeps that cache small
+    out = os.path.join(files["root"], "mllm_test_serve_remote")
+    assert export_model(files["ckpt"], out, path="remote", log=None).path == "remote"
+    with pytest.raises(ValueError, match="--trust-remote-code"):
+        ServedModel.load(out)
+    with BackgroundServer(ServedModel.load(out, trust_remote_code=True), ServeSettings(port=0)) as srv:
+        got = ask(client(srv), [user("What is shown?", files["red"])], model="mllm_test_serve_remote")
+    assert got.choices[0].message.content == chat_cli(capsys, files["ckpt"], [files["red"]], "What is shown?")
+
+
 def test_system_prompt_and_multi_turn_match_a_chat_session(api, files):
     session = ChatSession(load_backend(files["ckpt"]), GenerationSettings(MAX_NEW), system="Answer briefly.")
     session.attach_image(files["blue"])
