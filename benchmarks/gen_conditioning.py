@@ -10,8 +10,9 @@ FD) with one lever changed, run in its own process on one torch thread.
 ("tiny")).save_pretrained(dir)``) is the worst case of an LLM that knows no language. ``--data`` holds
 gen_train.json / gen_test.json (made there when absent). Results: one ``DIR/<variant>/generation_metrics.json``
 per variant and a markdown table (everything the prompt says, colour, kind, position, count, colour+kind,
-FD, seconds) printed and appended to ``DIR/ladder.md``. Timings are wall seconds on a shared machine: run
-variants side by side only to compare accuracy, one at a time to compare seconds.
+FD, seconds) printed and appended to ``DIR/ladder.md``. Wall seconds depend on the machine's load; the step's
+CPU seconds (one thread) are what its wall time is on a quiet machine, so variants run side by side still
+compare in cost.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ VARIANTS: Dict[str, Any] = {
     "prompt_embed": ({**LEGACY, "condition": "prompt", "llm_layers": [0, -1]}, {}),
     "prompt_mid": ({**LEGACY, "condition": "prompt", "llm_layers": [0, 3, -1]}, {}),   # + a middle layer
     "prompt_queries": ({**LEGACY, "condition": "prompt+queries", "num_queries": 4, "llm_layers": [0, -1]}, {}),
+    "prompt_embed_x0": ({**LEGACY, "condition": "prompt", "llm_layers": [0, -1], "prediction": "x0"}, {}),
     "refine2": ({**LEGACY, "condition": "prompt", "llm_layers": [0, -1], "refiner_layers": 2}, {}),
     "refine2_x0": ({**LEGACY, "condition": "prompt", "llm_layers": [0, -1], "refiner_layers": 2,
                     "prediction": "x0"}, {}),
@@ -65,20 +67,21 @@ def run_variant(name: str, args: argparse.Namespace) -> Dict[str, Any]:
     with open(os.path.join(out, "generation_metrics.json")) as f:
         m = json.load(f)
     return {"variant": name, **{k: m.get(k) for k in COLUMNS}, "steps": m["train"]["steps"],
-            "train_s": m["seconds"]["train"], "total_s": m["seconds"]["total"], "wall_s": round(time.time() - t, 1)}
+            "train_s": m["seconds"]["train"], "total_s": m["seconds"]["total"], "cpu_s": m["seconds"]["cpu_total"],
+            "load_avg": m["seconds"]["load_avg"], "wall_s": round(time.time() - t, 1)}
 
 
 def table(rows: List[Dict[str, Any]], note: str) -> str:
     head = ["variant", "everything", "colour+kind", "colour", "kind", "position", "count", "FD", "FD real",
-            "steps", "train s", "step s"]
+            "steps", "train s", "step s", "step CPU s"]
     lines = [f"\n{note}\n", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['variant']} | {r['error']} |")
             continue
-        vals = [f"{r[k]:.3f}" for k in COLUMNS[:6]] + [f"{r['fd']:.2f}", f"{r['fd_real_vs_real']:.2f}"]
+        vals = [f"{r[k]:.3f}" for k in COLUMNS[:6]] + [f"{r['fd']:.3g}", f"{r['fd_real_vs_real']:.3g}"]
         lines.append(f"| {r['variant']} | " + " | ".join(vals) + f" | {r['steps']} | {r['train_s']:.0f} | "
-                     f"{r['total_s']:.0f} |")
+                     f"{r['total_s']:.0f} | {r['cpu_s']:.0f} |")
     return "\n".join(lines)
 
 

@@ -44,6 +44,7 @@ class GenPlan:
     lr: float = 2e-3
     max_steps: int = -1  # > 0: cap the stage (smoke runs)
     warmup_ratio: float = 0.05
+    log_every: int = 10  # steps between logged losses (metrics.jsonl, the loss plot)
     # the head: MetaQuery tokens and the DiT (tiny preset; see the measurements in the report)
     gen_head: Dict[str, Any] = field(default_factory=lambda: {"num_queries": 16, "dit": {"preset": "tiny"}})
     sample_steps: int = 10
@@ -56,7 +57,7 @@ class GenPlan:
 
 
 QUICK_GEN = GenPlan(n_train=32, n_test=8, epochs=1.0, batch_size=8, max_steps=4, sample_steps=2, n_eval=8,
-                    grid_images=8)
+                    grid_images=8, log_every=1)
 
 
 def resolve_gen_plan(plan: Any = None) -> GenPlan:
@@ -97,7 +98,7 @@ def gen_stage_config(out: str, init_from: str, train_json: str, plan: GenPlan):
         stage="gen", output_dir=os.path.join(out, "gen"), init_from=init_from,
         data=[{"path": train_json, "format": "gen"}], deepspeed="none", gen_head=dict(plan.gen_head),
         per_device_train_batch_size=plan.batch_size, learning_rate=plan.lr, num_train_epochs=plan.epochs,
-        max_steps=plan.max_steps, warmup_ratio=plan.warmup_ratio, logging_steps=10, save_steps=0,
+        max_steps=plan.max_steps, warmup_ratio=plan.warmup_ratio, logging_steps=plan.log_every, save_steps=0,
         seed=plan.seed, bf16=plan.bf16), source="demo:gen")
 
 

@@ -37,19 +37,21 @@ def save_sample_grid(images: Any, prompts: Sequence[str], verdicts: Sequence[str
         raise ValueError(f"save_sample_grid: {len(images)} images, {n} prompts, {len(verdicts)} verdicts")
     plt = _pyplot()
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.9, rows * 2.55), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.0, rows * 2.9 + 0.4), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_axis_off()
         if i >= n:
             continue
         ax.imshow(to_uint8_hwc(images[i]), interpolation="nearest")
         ok = verdicts[i] == "ok"
-        ax.set_title("\n".join(textwrap.wrap(prompts[i], 24)), fontsize=6.5, y=-0.02, va="top")
-        ax.text(0.5, -0.42, verdicts[i], transform=ax.transAxes, ha="center", va="top", fontsize=7,
-                color="#1a7f37" if ok else "#c62828", fontweight="bold")
+        ax.text(0.5, -0.03, "\n".join(textwrap.wrap(prompts[i], 26)), transform=ax.transAxes, ha="center",
+                va="top", fontsize=6.5)
+        ax.text(0.5, -0.40, "\n".join(textwrap.wrap(verdicts[i], 26)), transform=ax.transAxes, ha="center",
+                va="top", fontsize=6.5, color="#1a7f37" if ok else "#c62828", fontweight="bold")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.subplots_adjust(left=0.01, right=0.99, top=0.95 if title else 0.99, bottom=0.06, wspace=0.08, hspace=0.75)
+    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.45 / (rows * 2.9 + 0.4), bottom=0.9 / (rows * 2.9 + 0.4),
+                        wspace=0.1, hspace=0.9)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
