@@ -16,9 +16,12 @@ import json
 import os
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import yaml
+
+if TYPE_CHECKING:
+    from .gen.head import GenHeadConfig
 
 CONFIG_NAME = "mllm_config.json"
 
@@ -89,7 +92,12 @@ class ModelConfig:
     chat_template: str = "vicuna_v1"
     image_token: str = "<image>"
     max_length: int = 2048
-    gen_head: Optional[Dict[str, Any]] = None
+    # the image-generation head (mllm.gen.head.GenHeadConfig); None = no head
+    gen_head: Optional["GenHeadConfig"] = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.gen_head, dict):
+            self.gen_head = _gen_head_config(self.gen_head)
 
     # ---- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
@@ -135,10 +143,19 @@ def _to_jsonable(x: Any) -> Any:
     return x
 
 
+def _gen_head_config(data: Dict[str, Any]):
+    # a config dict here is read as a saved one: checkpoints written before an option existed keep its old
+    # meaning (GenHeadConfig.from_dict(saved=True)); the import is here because the head's config lives with
+    # the head (mllm.gen), which imports torch
+    from .gen.head import GenHeadConfig
+
+    return GenHeadConfig.from_dict(data, saved=True)
+
+
 def _from_dict(cls: type, data: Any, path: str) -> Any:
     if not isinstance(data, dict):
         raise ValueError(f"config field {path or '<root>'!r}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, localns={"GenHeadConfig": object})  # gen_head is converted above
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
@@ -146,6 +163,12 @@ def _from_dict(cls: type, data: Any, path: str) -> Any:
                          f"known: {', '.join(sorted(names))}")
     kwargs = {}
     for name, value in data.items():
+        if cls is ModelConfig and name == "gen_head" and value is not None:
+            try:
+                kwargs[name] = _gen_head_config(value)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"config field {_join(path, name)!r}: {e}") from None
+            continue
         kwargs[name] = _coerce(hints[name], value, _join(path, name))
     return cls(**kwargs)
 
