@@ -15,11 +15,14 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
 from . import typed
+
+if TYPE_CHECKING:
+    from .gen.head import GenHeadConfig
 
 CONFIG_NAME = "mllm_config.json"
 
@@ -108,7 +111,12 @@ class ModelConfig:
     chat_template: str = "vicuna_v1"
     image_token: str = "<image>"
     max_length: int = 2048
-    gen_head: Optional[Dict[str, Any]] = None
+    # the image-generation head (mllm.gen.head.GenHeadConfig); None = no head
+    gen_head: Optional["GenHeadConfig"] = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.gen_head, dict):
+            self.gen_head = _gen_head_config(self.gen_head)
 
     # ---- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
@@ -154,7 +162,26 @@ def _to_jsonable(x: Any) -> Any:
     return x
 
 
+def _gen_head_config(data: Dict[str, Any]):
+    # a config dict here is read as a saved one: checkpoints written before an option existed keep its old
+    # meaning (GenHeadConfig.from_dict(saved=True)); the import is here because the head's config lives with
+    # the head (mllm.gen), which imports torch
+    from .gen.head import GenHeadConfig
+
+    return GenHeadConfig.from_dict(data, saved=True)
+
+
 def _from_dict(cls: type, data: Any, path: str) -> Any:
+    if cls is ModelConfig and isinstance(data, dict) and data.get("gen_head") is not None:
+        data = dict(data)
+        value = data.pop("gen_head")
+        try:
+            head = _gen_head_config(value)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"config field {typed._join(path, 'gen_head')!r}: {e}") from None
+        cfg = typed.from_dict(cls, data, path=path)
+        cfg.gen_head = head
+        return cfg
     return typed.from_dict(cls, data, path=path)
 
 

@@ -132,8 +132,9 @@ def run_demo(out: str, plan: Optional[DemoPlan] = None) -> Dict:
 
         row, metrics = run_gen_step(out, data_dir, os.path.join(out, "instruct"), plan)
         rows.append(row)
-        generation = {k: metrics[k] for k in ("colour_shape_accuracy", "colour_accuracy", "shape_accuracy",
-                                              "position_accuracy", "count_accuracy", "fd", "fd_real_vs_real")
+        generation = {k: metrics[k] for k in ("everything_accuracy", "colour_shape_accuracy", "colour_accuracy",
+                                              "shape_accuracy", "position_accuracy", "count_accuracy", "fd",
+                                              "fd_real_vs_real")
                       if k in metrics}
 
     summary = {
@@ -182,7 +183,8 @@ def format_summary(summary: Dict) -> str:
                      f"greedy identical: {ex['greedy_identical']}")
     gen = summary.get("generation")
     if gen:
-        lines.append(f"generation (held-out prompts): colour+shape accuracy {gen['colour_shape_accuracy']:.3f}, "
+        lines.append(f"generation (held-out prompts): everything the prompt says {gen.get('everything_accuracy', 0):.3f}, "
+                     f"colour+shape {gen['colour_shape_accuracy']:.3f}, "
                      f"FD {gen['fd']:.3g} (real vs real {gen['fd_real_vs_real']:.3g})")
     chat = summary.get("chat")
     if chat:

@@ -44,7 +44,13 @@ def _from_dict(cls: type, data: Any, path: str) -> Any:
     if not isinstance(data, dict):
         raise ValueError(f"config field {path or '<root>'!r}: expected a mapping, got {type(data).__name__} "
                          f"{data!r}")
-    hints = typing.get_type_hints(cls)
+    try:
+        hints = typing.get_type_hints(cls)
+    except NameError:  # a name imported only for type checkers: that field is taken as it is
+        import sys
+
+        module = vars(sys.modules[cls.__module__])
+        hints = typing.get_type_hints(cls, localns=_Fallback(module))
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for name in data:
         if name not in fields:
@@ -58,6 +64,19 @@ def _from_dict(cls: type, data: Any, path: str) -> Any:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:  # __post_init__ checks
         raise ValueError(f"{path or cls.__name__}: {e}") from None
+
+
+class _Fallback(dict):
+    def __init__(self, module):
+        super().__init__()
+        self._module = module
+
+    def __missing__(self, key):
+        import builtins
+
+        if key in self._module:
+            return self._module[key]
+        return getattr(builtins, key, Any)
 
 
 def _join(path: str, name: str) -> str:

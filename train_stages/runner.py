@@ -118,13 +118,13 @@ def ensure_gen_head(model, cfg: TrainConfig) -> None:
 
     if model.gen_head is None:
         model.add_gen_head(cfg.gen_head)
-        log.info("added a fresh image-generation head: %s", json.dumps(model.config.gen_head))
+        log.info("added a fresh image-generation head: %s", json.dumps(model.config.gen_head.to_dict()))
         return
     if cfg.gen_head is not None:
-        wanted = GenHeadConfig.from_dict(dict(cfg.gen_head)).to_dict()
-        if wanted != model.config.gen_head:
+        wanted, have = GenHeadConfig.from_dict(dict(cfg.gen_head)).to_dict(), model.config.gen_head.to_dict()
+        if wanted != have:
             raise ValueError(f"gen_head in the training config ({json.dumps(wanted)}) differs from the head "
-                             f"{cfg.init_from or cfg.model} already has ({json.dumps(model.config.gen_head)}); "
+                             f"{cfg.init_from or cfg.model} already has ({json.dumps(have)}); "
                              f"drop 'gen_head' to keep training that head")
 
 
@@ -145,6 +145,9 @@ def run_stage(cfg: TrainConfig) -> Dict:
         log.warning("QLoRA with ZeRO-3 needs bitsandbytes' quant_storage support on your platform; "
                     "falling back to ZeRO-2")
         ds_path = resolve_deepspeed("zero2")
+    if cfg.spec.objective == "gen" and world_size() > 1 and not ds_path:
+        raise ValueError(f"stage {cfg.stage!r} on {world_size()} ranks needs DeepSpeed (deepspeed: zero2): the "
+                         f"image head's loss is not the model's forward, which plain DDP needs for its reduction")
     if rank() == 0:
         cfg.save(os.path.join(cfg.output_dir, "train_config.json"))
 

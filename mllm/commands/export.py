@@ -21,7 +21,9 @@ written with their own modeling code (load with trust_remote_code=True). A peft 
 checkpoint is merged first. The chosen path is printed.
 
 --verify loads the export with plain transformers in a fresh process, runs the same image and prompt through
-both models and fails unless the fp32 logits agree within 1e-4 and 16 greedy tokens are identical."""
+both models and fails unless the fp32 logits agree within 1e-4 and 16 greedy tokens are identical; for a model
+with an image-generation head it also samples two prompts on both sides from one seed and fails unless the
+images are identical."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

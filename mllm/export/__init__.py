@@ -16,7 +16,8 @@ Which path a model takes (printed, and in ``report.path``):
                           checkpoint with its own modeling code and ``auto_map``, loaded with
                           ``trust_remote_code=True`` (``mllm.export.remote``); ``report.reason`` says why
 LoRA adapters are merged first. ``verify=True`` checks the export in a fresh transformers-only process
-(``mllm.export.verify``).
+(``mllm.export.verify``), and for a model with an image-generation head also that the export draws the same
+pixels for a seed (``mllm.export.remote.verify_gen_export``).
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class ExportReport:
     reason: Optional[str]      # why not native (remote path), else None
     config: Dict[str, Any]
     verify: Any = None         # VerifyResult when verified
+    gen_verify: Optional[Dict[str, Any]] = None   # verify_gen_export's result for a model with a gen head
 
 
 def choose_path(model, force: str = "auto"):
@@ -107,17 +109,26 @@ def export_model(source, out_dir: str, *, verify: bool = False, path: str = "aut
         report.verify = verify_export(model, out_dir, python=verify_python)
         if log:
             log(report.verify.summary())
+        if getattr(model, "gen_head", None) is not None:  # the generation path too: the same pixels for a seed
+            from .remote import verify_gen_export
+
+            report.gen_verify = verify_gen_export(model, out_dir, python=verify_python)
+            if log:
+                log(f"verify gen: images identical to the source model's ({report.gen_verify['shape']}, seed "
+                    f"{report.gen_verify['seed']}, {report.gen_verify['steps']} steps, max |diff| "
+                    f"{report.gen_verify['max_abs_diff']:.1e})")
     return report
 
 
 def _remove_stale(out_dir: str) -> None:
     # files of an earlier export that this one may not rewrite (its code files, an old chat template)
     from .common import CHAT_TEMPLATE_FILE
-    from .remote import REMOTE_FILES
+    from .remote import GEN_FILES, REMOTE_FILES
 
     from .model_card import CARD_FILE
 
-    for name in REMOTE_FILES + (CHAT_TEMPLATE_FILE, CARD_FILE):
+    # the gen head's copied files (dit.py, ...) too: a native export over a remote one must not leave them
+    for name in REMOTE_FILES + GEN_FILES + (CHAT_TEMPLATE_FILE, CARD_FILE):
         if os.path.isfile(os.path.join(out_dir, name)):
             os.remove(os.path.join(out_dir, name))
 

@@ -43,7 +43,7 @@ REMOTE_CODE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "remo
 REMOTE_FILES = ("configuration_mllm.py", "modeling_mllm.py", "processing_mllm.py", "anyres_mllm.py",
                 "vision_open_clip.py", "gen_head_mllm.py")
 GEN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gen")
-GEN_FILES = ("dit.py", "flow.py")  # mllm/gen's torch-only files, copied verbatim next to gen_head_mllm.py
+GEN_FILES = ("dit.py", "flow.py", "condition.py")  # mllm/gen's torch-only files, copied next to gen_head_mllm.py
 MODEL_CLASS = "modeling_mllm.MllmForConditionalGeneration"
 AUTO_MAP = {
     "AutoConfig": "configuration_mllm.MllmConfig",
