@@ -13,6 +13,9 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
+# DeepSpeed's CPU shm op is compiled on first use; a cache per venv keeps two checkouts (or a killed build's
+# stale lock) from blocking each other's multi-process runs
+export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
 .PHONY: venv demo test bench clean
 
