@@ -176,17 +176,37 @@ def pretrain_encoder(cfg: EncoderPretrainConfig, progress: bool = True) -> dict:
     bank = TileBank([tiles_of(p) for p, _ in tqdm(pairs, desc="encoder pretrain: tiles", disable=not progress)])
     patch_heads, targets = None, None
     if attributes:
-        from data_pipelines.shapes.patches import PatchHeads, patch_targets
+        from data_pipelines.shapes.patches import (HEADS, PatchHeads, cell_assignment, cell_targets, patch_targets,
+                                                   pool_cells)
 
         scenes = _load_scenes(scenes_path, pairs, cfg.data)
         patch = mcfg.vision.config.get("patch_size", 8)
+        keep = None if cfg.views == "tiles" else 1
         per_scene = [patch_targets(sc, proc, patch) for sc in scenes]
-        targets = {k: torch.cat([t[k][: (None if cfg.views == "tiles" else 1)] for t in per_scene])
-                   for k in ("colour", "kind", "size", "text")}  # {target: (total tiles, G*G)}
+        targets = {k: torch.cat([t[k][:keep] for t in per_scene]) for k in HEADS}  # {target: (tiles, G*G)}
         if targets["colour"].shape[0] != bank.flat.shape[0]:
             raise ValueError(f"encoder pretraining: {targets['colour'].shape[0]} tiles of patch targets but "
                              f"{bank.flat.shape[0]} image tiles (scenes do not match the images?)")
-        patch_heads = PatchHeads(tower.hidden_size * max(1, len(getattr(tower, "feature_layers", [0]))))
+        cells = [cell_targets(sc) for sc in scenes]
+        cell_count = torch.tensor([len(c["colour"]) for c in cells])
+        cell_start = torch.cumsum(cell_count, 0) - cell_count
+        cell_y = {k: torch.cat([c[k] for c in cells]) for k in HEADS}  # {target: (all cells,)}
+        cell_ids = torch.cat([cell_assignment(sc, proc, patch)[:keep] for sc in scenes])  # (tiles, G*G) local
+        dim = tower.hidden_size * max(1, len(getattr(tower, "feature_layers", [0])))
+        patch_heads, cell_heads = PatchHeads(dim), PatchHeads(2 * dim)
+
+        def attribute_loss(feats: torch.Tensor, rows: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            # per patch: what covers it; per cell of the layout: what is in it, from the mean of its
+            # patches (a patch inside a large shape sees flat colour only; the cell sees the outline)
+            owner = torch.repeat_interleave(torch.arange(len(idx)), bank.count[idx])  # (tiles,)
+            n = cell_count[idx]
+            offset = (torch.cumsum(n, 0) - n)[owner].unsqueeze(1)  # (tiles, 1)
+            local = cell_ids[rows]
+            ids = torch.where(local >= 0, local + 2 * offset, -1)
+            picked = torch.cat([torch.arange(int(cell_start[i]), int(cell_start[i] + cell_count[i])) for i in idx])
+            pooled = pool_cells(feats, ids, int(n.sum()))  # (cells, 2C)
+            return (patch_heads.loss(feats, {k: v[rows] for k, v in targets.items()})
+                    + cell_heads.loss(pooled, {k: v[picked] for k, v in cell_y.items()}))
 
     def embed_images(idx: torch.Tensor):
         tiles, owner, rows = bank.batch(idx)
@@ -203,7 +223,7 @@ def pretrain_encoder(cfg: EncoderPretrainConfig, progress: bool = True) -> dict:
     logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
     params = list(tower.parameters()) + list(text.parameters()) + list(head.parameters()) + [logit_scale]
     if patch_heads is not None:
-        params += list(patch_heads.parameters())
+        params += list(patch_heads.parameters()) + list(cell_heads.parameters())
     for p in tower.parameters():
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -225,8 +245,7 @@ def pretrain_encoder(cfg: EncoderPretrainConfig, progress: bool = True) -> dict:
             txt = nn.functional.normalize(text(ids[idx], mask[idx]), dim=-1)
             loss = loss_fn(img, txt, logit_scale.exp().clamp(max=100))
             if patch_heads is not None:
-                attr = patch_heads.loss(feats, {k: v[rows] for k, v in targets.items()})
-                loss = loss + cfg.attribute_weight * attr
+                loss = loss + cfg.attribute_weight * attribute_loss(feats, rows, idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
