@@ -23,9 +23,18 @@ class MLPConnector(Connector):
         self.act = nn.GELU()
         self.linear_2 = nn.Linear(out_dim, out_dim)
         if output_std is not None:
-            # hidden activations are O(1) per coordinate: w ~ N(0, std^2 / out_dim) gives outputs of ~std
-            nn.init.normal_(self.linear_2.weight, std=float(output_std) / out_dim ** 0.5)
-            nn.init.zeros_(self.linear_2.bias)
+            self._scale_output(float(output_std))
+
+    @torch.no_grad()
+    def _scale_output(self, std: float) -> None:
+        """linear_2 ~ N(0, s^2) with s chosen so that unit-variance input features come out with ~``std`` per
+        coordinate: s = std / sqrt(out_dim * E[h^2]), E[h^2] of the GELU hidden layer measured on Gaussian
+        input (a private generator, so the global RNG stream is untouched)."""
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(512, self.in_dim, generator=g, dtype=self.linear_1.weight.dtype)
+        ms = float(self.act(self.linear_1(x)).pow(2).mean())
+        self.linear_2.weight.normal_(0.0, std / (self.out_dim * max(ms, 1e-12)) ** 0.5)
+        self.linear_2.bias.zero_()
 
     def num_tokens(self, num_input_tokens: int) -> int:
         return num_input_tokens

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 def add_arguments(p: argparse.ArgumentParser, stage: Optional[str] = None) -> None:
     if stage is None:
-        p.add_argument("--stage", required=True, help="align | multitask | instruct | gen | encoder")
+        p.add_argument("--stage", required=True, help="align | multitask | instruct | gen | encoder | text")
     p.add_argument("--config", required=True, help="training config YAML (see README: Training)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set max_steps=100 --set modules.llm.mode=lora")
@@ -26,8 +26,7 @@ def run(args, stage: Optional[str] = None) -> int:
     overrides: List[str] = list(args.overrides) + [f"stage={stage}"]
     if args.resume:
         overrides.append(f"resume={args.resume}")
-    if stage == "encoder":
-        from .encoder_pretrain import EncoderPretrainConfig, pretrain_encoder
+    if stage in ("encoder", "text"):  # the tiny preset's pretraining steps: their own flat configs
         import yaml
 
         with open(args.config) as f:
@@ -35,7 +34,14 @@ def run(args, stage: Optional[str] = None) -> int:
         for item in args.overrides:
             k, _, v = item.partition("=")
             data[k] = yaml.safe_load(v)
-        pretrain_encoder(EncoderPretrainConfig(**data))
+        if stage == "encoder":
+            from .encoder_pretrain import EncoderPretrainConfig, pretrain_encoder
+
+            pretrain_encoder(EncoderPretrainConfig(**data))
+        else:
+            from .text_pretrain import TextPretrainConfig, text_pretrain
+
+            text_pretrain(TextPretrainConfig(**data))
         return 0
     cfg = TrainConfig.load(args.config, overrides)
     from .runner import run_stage
