@@ -223,7 +223,7 @@ def run_probe(features: str = "train", tower: str = "random", steps: int = 600, 
             p.requires_grad_(True)
         params = list(vt.parameters()) + list(heads.parameters())
         feats_fn = vt
-        lr = lr or 2e-3
+        lr = lr or 6e-3  # 300 steps: all 0.45 at 6e-3 against 0.40 at 2e-3
     else:
         vt.eval()
         for p in vt.parameters():
