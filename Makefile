@@ -23,7 +23,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_SPEC)
-	$(PIP) install -q -e ".[test,tensorboard,gen,serve]"
+	$(PIP) install -q -e ".[test,tensorboard,gen,serve,demo]"
 	$(PY) scripts/cpu_torchvision_shim.py
 	touch $(STAMP)
 

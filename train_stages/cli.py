@@ -9,7 +9,7 @@ from typing import List, Optional
 
 def add_arguments(p: argparse.ArgumentParser, stage: Optional[str] = None) -> None:
     if stage is None:
-        p.add_argument("--stage", required=True, help="align | multitask | instruct | gen | encoder")
+        p.add_argument("--stage", required=True, help="align | multitask | instruct | gen | encoder | text")
     p.add_argument("--config", required=True, help="training config YAML (see README: Training)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set max_steps=100 --set modules.llm.mode=lora")
@@ -30,19 +30,23 @@ def run(args, stage: Optional[str] = None) -> int:
     overrides: List[str] = list(args.overrides)
     if args.resume:
         overrides.append(f"resume={args.resume}")
-    if stage == "encoder":
+    if stage in ("encoder", "text"):  # the tiny preset's pretraining steps: their own flat configs
         import yaml
 
         from mllm import typed
 
         from .encoder_pretrain import EncoderPretrainConfig, pretrain_encoder
+        from .text_pretrain import TextPretrainConfig, text_pretrain
 
         with open(args.config) as f:
             data = yaml.safe_load(f) or {}
-        if data.pop("stage", "encoder") != "encoder":
-            raise ValueError(f"{args.config} is not an encoder-pretraining config (stage is not 'encoder')")
+        if data.pop("stage", stage) != stage:
+            raise ValueError(f"{args.config} is not a {stage}-pretraining config (its stage is not {stage!r})")
         data = typed.apply_overrides(data, args.overrides)
-        pretrain_encoder(typed.from_dict(EncoderPretrainConfig, data, where=args.config))
+        if stage == "encoder":
+            pretrain_encoder(typed.from_dict(EncoderPretrainConfig, data, where=args.config))
+        else:
+            text_pretrain(typed.from_dict(TextPretrainConfig, data, where=args.config))
         return 0
     cfg = TrainConfig.load(args.config, overrides, stage=stage)
     from .runner import run_stage

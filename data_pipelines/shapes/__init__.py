@@ -6,7 +6,8 @@
     manifest = make_shapes("data/shapes", seed=0, n_train=2000, n_test=200)
 
 Images of 1-4 flat-coloured shapes (5 kinds, 6 colours, 2 sizes, 5 positions) on a light background,
-48-400 px with aspect ratios from 1:3 to 3:1, some with a short text label. Written into ``out_dir``:
+96-400 px long side with aspect ratios from 1:3 to 3:1 (shapes and labels sized in patches of the tiny model's
+AnyRes canvas, see scene.py), some with a short text label. Written into ``out_dir``:
 
     images/{train,test}/*.png           scenes_{train,test}.jsonl (what is in each image, with pixel boxes)
     captions_train.json                 stage 1: LLaVA JSON, "<image>" -> short caption
