@@ -13,6 +13,9 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
+# DeepSpeed's CPU shm op is compiled on first use; a cache per venv keeps two checkouts (or a killed build's
+# stale lock) from blocking each other's multi-process runs
+export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
 .PHONY: venv demo test bench clean
 
@@ -20,7 +23,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_SPEC)
-	$(PIP) install -q -e ".[test,tensorboard,gen]"
+	$(PIP) install -q -e ".[test,tensorboard,gen,serve,demo]"
 	$(PY) scripts/cpu_torchvision_shim.py
 	touch $(STAMP)
 

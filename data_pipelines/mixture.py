@@ -32,6 +32,7 @@ import yaml
 
 from data_pipelines.formats import read_records
 from data_pipelines.records import Record, SkipStats
+from mllm import typed
 
 _SOURCE_FIELDS = ("path", "format", "image_root", "weight", "max_samples", "split", "image_placement")
 
@@ -93,9 +94,10 @@ class MixtureSpec:
             for key in ("path", "image_root"):  # relative to the YAML file
                 if base_dir and item.get(key) and not os.path.isabs(item[key]):
                     item[key] = os.path.join(base_dir, item[key])
-            sources.append(SourceSpec(**item))
+            sources.append(typed.from_dict(SourceSpec, item, path=f"sources[{i}]", where=where))
         try:
-            return cls(sources, seed=int(data.get("seed", 0)), num_samples=data.get("num_samples"))
+            return cls(sources, seed=typed.coerce(int, data.get("seed", 0), "seed"),
+                       num_samples=typed.coerce(Optional[int], data.get("num_samples"), "num_samples"))
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
 

@@ -14,17 +14,28 @@ import copy
 import dataclasses
 import json
 import os
-import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
 from connectors.config import ConnectorConfig  # the connector owns its config; composed here
 
+from . import typed
 from .constants import CLIP_MEAN, CLIP_STD, IMAGE_TOKEN, MAX_IMAGE_PIXELS
 
+if TYPE_CHECKING:
+    from .gen.head import GenHeadConfig
+
 CONFIG_NAME = "mllm_config.json"
+
+
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def _check_attn(value: str, field_name: str) -> None:
+    if value not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"{field_name} {value!r} is not one of {', '.join(ATTN_IMPLEMENTATIONS)}")
 
 
 @dataclass
@@ -40,6 +51,11 @@ class VisionConfig:
     feature_layer: Union[int, List[int]] = -2
     # "default": drop the CLS token; "full": keep every token (SigLIP has no CLS)
     select_strategy: str = "default"
+    # transformers' attention kernel for HF towers: "sdpa" | "eager" | "flash_attention_2" | "flex_attention"
+    attn_implementation: str = "sdpa"
+
+    def __post_init__(self):
+        _check_attn(self.attn_implementation, "vision.attn_implementation")
 
 
 @dataclass
@@ -53,6 +69,11 @@ class LLMConfig:
     tokenizer: Optional[str] = None
     trust_remote_code: bool = False
     dtype: Optional[str] = None  # "float32" | "bfloat16" | "float16"; None = the checkpoint's
+    # transformers' attention kernel: "sdpa" (default) | "eager" | "flash_attention_2" | "flex_attention"
+    attn_implementation: str = "sdpa"
+
+    def __post_init__(self):
+        _check_attn(self.attn_implementation, "llm.attn_implementation")
 
 
 @dataclass
@@ -84,7 +105,12 @@ class ModelConfig:
     chat_template: str = "vicuna_v1"
     image_token: str = IMAGE_TOKEN
     max_length: int = 2048
-    gen_head: Optional[Dict[str, Any]] = None
+    # the image-generation head (mllm.gen.head.GenHeadConfig); None = no head
+    gen_head: Optional["GenHeadConfig"] = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.gen_head, dict):
+            self.gen_head = _gen_head_config(self.gen_head)
 
     # ---- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
@@ -130,63 +156,37 @@ def _to_jsonable(x: Any) -> Any:
     return x
 
 
+def _gen_head_config(data: Dict[str, Any]):
+    # a config dict here is read as a saved one: checkpoints written before an option existed keep its old
+    # meaning (GenHeadConfig.from_dict(saved=True)); the import is here because the head's config lives with
+    # the head (mllm.gen), which imports torch
+    from .gen.head import GenHeadConfig
+
+    return GenHeadConfig.from_dict(data, saved=True)
+
+
 def _from_dict(cls: type, data: Any, path: str) -> Any:
-    if not isinstance(data, dict):
-        raise ValueError(f"config field {path or '<root>'!r}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"unknown config field(s) {', '.join(repr(_join(path, u)) for u in unknown)}; "
-                         f"known: {', '.join(sorted(names))}")
-    kwargs = {}
-    for name, value in data.items():
-        kwargs[name] = _coerce(hints[name], value, _join(path, name))
-    return cls(**kwargs)
-
-
-def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
-
-
-def _coerce(tp: Any, value: Any, path: str) -> Any:
-    if dataclasses.is_dataclass(tp):
-        return _from_dict(tp, value, path)
-    origin = typing.get_origin(tp)
-    if origin is tuple and isinstance(value, list):
-        return tuple(value)
-    if origin is Union and value is not None:
-        for arg in typing.get_args(tp):
-            if dataclasses.is_dataclass(arg) and isinstance(value, dict):
-                return _from_dict(arg, value, path)
-    return value
+    if cls is ModelConfig and isinstance(data, dict) and data.get("gen_head") is not None:
+        data = dict(data)
+        value = data.pop("gen_head")
+        try:
+            head = _gen_head_config(value)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"config field {typed._join(path, 'gen_head')!r}: {e}") from None
+        cfg = typed.from_dict(cls, data, path=path)
+        cfg.gen_head = head
+        return cfg
+    return typed.from_dict(cls, data, path=path)
 
 
 # ---- overrides -----------------------------------------------------------------------------------
-def parse_value(text: str) -> Any:
-    """Parse a command-line value with YAML rules (``2`` -> int, ``true`` -> bool, ``[1,2]`` -> list)."""
-    return yaml.safe_load(text)
+parse_value = typed.parse_value
 
 
 def apply_overrides(cfg: ModelConfig, overrides: Sequence[str]) -> ModelConfig:
-    """Return a copy of ``cfg`` with ``dotted.key=value`` overrides applied (dict fields accept new keys)."""
-    data = cfg.to_dict()
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key.sub=value")
-        key, raw = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = data
-        for i, part in enumerate(parts[:-1]):
-            if not isinstance(node, dict) or part not in node:
-                raise ValueError(f"override {item!r}: no config field {'.'.join(parts[:i + 1])!r}")
-            if node[part] is None:
-                node[part] = {}
-            node = node[part]
-        if not isinstance(node, dict):
-            raise ValueError(f"override {item!r}: {'.'.join(parts[:-1])!r} is not a mapping")
-        node[parts[-1]] = parse_value(raw)
-    return ModelConfig.from_dict(data)
+    """Return a copy of ``cfg`` with ``dotted.key=value`` overrides applied (dict fields accept new keys);
+    every value is converted to the field's declared type (``mllm.typed``)."""
+    return ModelConfig.from_dict(typed.apply_overrides(cfg.to_dict(), overrides))
 
 
 def merge_yaml(cfg: ModelConfig, path: str) -> ModelConfig:

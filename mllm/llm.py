@@ -46,12 +46,14 @@ def load_hf_causal_lm(cfg: LLMConfig, tokenizer: Optional[PreTrainedTokenizerBas
     if cfg.name_or_path:
         try:
             model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, dtype=dtype,
-                                                         trust_remote_code=cfg.trust_remote_code)
+                                                         trust_remote_code=cfg.trust_remote_code,
+                                                         attn_implementation=cfg.attn_implementation)
         except OSError as e:
             raise ValueError(f"cannot load the LLM {cfg.name_or_path!r} (a hub id needs network or a local copy): {e}") from None
     else:
         hf_cfg = hf_config_from_dict(cfg.config)
-        model = AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+        model = AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
+                                                 attn_implementation=cfg.attn_implementation)
     if tokenizer is None:
         source = cfg.tokenizer or cfg.name_or_path
         if source is None:

@@ -10,7 +10,7 @@ Image generation (optional DiT head, ``mllm.gen``; ``config.gen_head`` set -> ``
 
     model.add_gen_head({"num_queries": 16, "dit": "tiny"})       # a fresh head on a loaded model
     ids, mask = model.gen_prompt_inputs(["a red circle at the top"])   # left-padded, BOS first
-    loss = model(ids, mask, gen_images=images)["loss"]           # the gen stage's objective
+    loss = model.gen_loss(ids, mask, images)                     # the gen stage's objective (a scalar)
     images = model.generate_images(["a red circle at the top"], steps=20, cfg_scale=3.0, seed=0)
 
 Images are given flat for the whole batch, in the order their ``<image>`` runs appear (row by row, left
@@ -92,7 +92,7 @@ class MultimodalLM(nn.Module):
                              "train it further instead of adding another")
         head = _build_gen_head(cfg or {}, self.llm, self.llm.get_input_embeddings().weight.dtype)
         self.gen_head = head.to(self.device)
-        self.config.gen_head = head.config.to_dict()
+        self.config.gen_head = head.config
         return head
 
     @classmethod
@@ -181,18 +181,8 @@ class MultimodalLM(nn.Module):
     # ---- LM -----------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 pixel_values: Optional[torch.Tensor] = None, image_sizes: Optional[torch.Tensor] = None,
-                labels: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
-                gen_images: Optional[torch.Tensor] = None, **kwargs):
-        """The LM's output; with ``gen_images`` (B, 3, H, W) in [0, 1] instead ``{"loss": flow loss}`` of the
-        generation head for the prompts ``input_ids`` (left-padded). The gen path goes through ``forward``
-        so that DDP / DeepSpeed wrappers see it like any other step."""
-        if gen_images is not None:
-            if self.gen_head is None:
-                raise ValueError("gen_images given but the model has no image-generation head (config.gen_head "
-                                 "is unset; add one with add_gen_head or train the 'gen' stage)")
-            if attention_mask is None:
-                attention_mask = torch.ones_like(input_ids)
-            return {"loss": self.gen_head.loss(self, input_ids, attention_mask, gen_images)}
+                labels: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None, **kwargs):
+        """The LM's output (logits, and the loss with ``labels``). The image head's loss is ``gen_loss``."""
         embeds = self.embed_inputs(input_ids, pixel_values, image_sizes)
         if labels is not None:
             # image positions never carry a target, whatever the caller built
@@ -217,6 +207,17 @@ class MultimodalLM(nn.Module):
         return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
 
     # ---- image generation ---------------------------------------------------------------------------
+    def gen_loss(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], images: torch.Tensor,
+                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """The image head's flow-matching loss (a scalar) for left-padded prompts (B, L) and their images
+        (B, 3, H, W) in [0, 1]: the gen stage's objective."""
+        if self.gen_head is None:
+            raise ValueError("gen_loss: the model has no image-generation head (config.gen_head is unset; add "
+                             "one with add_gen_head or train the 'gen' stage)")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return self.gen_head.loss(self, input_ids, attention_mask, images, generator=generator)
+
     def gen_prompt_inputs(self, prompts: Sequence[str]):
         """Prompts -> (input_ids, attention_mask) (B, L) for the generation head: BOS + the text's tokens,
         left-padded (the head appends its queries after the last real token). The same ids training saw."""
@@ -236,8 +237,9 @@ class MultimodalLM(nn.Module):
         ids, mask = self.gen_prompt_inputs(prompts)
         return self.gen_head.sample(self, ids, mask, steps=steps, cfg_scale=cfg_scale, generator=generator)
 
-    def gradient_checkpointing_enable(self, vision: bool = True) -> None:
-        self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    def gradient_checkpointing_enable(self, vision: bool = True, kwargs: Optional[Dict[str, Any]] = None) -> None:
+        """``kwargs``: torch.utils.checkpoint options (default: non-reentrant, which works with frozen inputs)."""
+        self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=dict(kwargs or {"use_reentrant": False}))
         if vision:
             self.vision_tower.gradient_checkpointing_enable()
 
@@ -245,7 +247,7 @@ class MultimodalLM(nn.Module):
 # ---- generation-head helpers (plain functions: the gen data pipeline tokenises the same way) ----------
 def _build_gen_head(cfg: Dict[str, Any], llm, dtype: torch.dtype):
     head_cfg = cfg if isinstance(cfg, GenHeadConfig) else GenHeadConfig.from_dict(dict(cfg))
-    return GenHead(head_cfg, llm.config.hidden_size).to(dtype)
+    return GenHead(head_cfg, llm.config.hidden_size, getattr(llm.config, "num_hidden_layers", None)).to(dtype)
 
 
 def gen_prompt_ids(tokenizer, prompt: str) -> List[int]:

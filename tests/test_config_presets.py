@@ -32,7 +32,7 @@ def test_overrides_and_yaml(tmp_path):
 def test_unknown_fields_are_named(tmp_path):
     with pytest.raises(ValueError, match="'llm.cofig'"):
         ModelConfig.from_dict({"llm": {"cofig": {}}})
-    with pytest.raises(ValueError, match="no config field 'visoin'"):
+    with pytest.raises(ValueError, match="unknown config field 'visoin'; did you mean vision"):
         apply_overrides(get_preset("tiny"), ["visoin.kind=hf_clip"])
     y = tmp_path / "bad.yaml"
     y.write_text("anyress: {}\n")

@@ -25,6 +25,7 @@ EXPECTED = {
     "plain": "<s><image>A red star.</s>Small.</s>",
     "vicuna_v1": (f"<s>{LLAVA_SYS} USER: <image>\nWhat is it? ASSISTANT: A red star.</s>"
                   "USER: How big? ASSISTANT: Small.</s>"),
+    "vicuna_v1_short": "<s> USER: <image>\nWhat is it? ASSISTANT: A red star.</s>USER: How big? ASSISTANT: Small.</s>",
     "llama3": ("<s><|start_header_id|>user<|end_header_id|>\n\n<image>\nWhat is it?<|eot_id|>"
                "<|start_header_id|>assistant<|end_header_id|>\n\nA red star.<|eot_id|>"
                "<|start_header_id|>user<|end_header_id|>\n\nHow big?<|eot_id|>"
@@ -36,12 +37,14 @@ EXPECTED = {
 TARGETS = {
     "plain": ["A red star.</s>", "Small.</s>"],
     "vicuna_v1": [" A red star.</s>", " Small.</s>"],
+    "vicuna_v1_short": [" A red star.</s>", " Small.</s>"],
     "llama3": ["A red star.<|eot_id|>", "Small.<|eot_id|>"],
     "chatml": ["A red star.<|im_end|>", "Small.<|im_end|>"],
 }
 GENERATION = {
     "plain": "<s><image>",
     "vicuna_v1": f"<s>{LLAVA_SYS} USER: <image>\nWhat is it? ASSISTANT:",
+    "vicuna_v1_short": "<s> USER: <image>\nWhat is it? ASSISTANT:",
     "llama3": ("<s><|start_header_id|>user<|end_header_id|>\n\n<image>\nWhat is it?<|eot_id|>"
                "<|start_header_id|>assistant<|end_header_id|>\n\n"),
     "chatml": ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\nWhat is it?"
@@ -51,8 +54,9 @@ TOKENS = dict(bos_token="<s>", eos_token="</s>")
 
 
 def test_registry_is_exact():
-    assert TEMPLATES.keys() == ["chatml", "llama3", "plain", "vicuna_v1"]
-    with pytest.raises(ValueError, match="unknown chat template 'vicuna'.*known: chatml, llama3, plain, vicuna_v1"):
+    assert TEMPLATES.keys() == ["chatml", "llama3", "plain", "vicuna_v1", "vicuna_v1_short"]
+    with pytest.raises(ValueError, match="unknown chat template 'vicuna'.*known: chatml, llama3, plain, vicuna_v1, "
+                                         "vicuna_v1_short"):
         get_template("vicuna")
 
 

@@ -150,9 +150,13 @@ def lm(tiny_tokenizer):
     return model
 
 
+# the MetaQuery condition (K queries at the last layer, v-prediction); test_gen_condition.py covers the others
+QUERIES = dict(condition="queries", llm_layers=[-1], refiner_layers=0, prediction="velocity")
+
+
 def _head(lm, **kw) -> GenHead:
     torch.manual_seed(1)
-    cfg = GenHeadConfig(num_queries=4, dit=dict(HEAD_DIT), image_size=16, **kw)
+    cfg = GenHeadConfig(num_queries=4, dit=dict(HEAD_DIT), image_size=16, **{**QUERIES, **kw})
     return GenHead(cfg, llm_hidden_size=lm.llm.config.hidden_size)
 
 
@@ -187,9 +191,10 @@ def test_encode_prompt_depends_on_prompt_not_on_left_padding(lm):
     head = _head(lm)
     texts = ["a red circle at the top", "a blue star on the left and a green square in the center"]
     with torch.no_grad():
-        cond_a, pooled_a = head.encode_prompt(lm, *_prompts(lm, texts))
-        cond_b, pooled_b = head.encode_prompt(lm, *_prompts(lm, texts, pad_to=40))
-        single, _ = head.encode_prompt(lm, *_prompts(lm, texts[:1]))
+        cond_a, mask_a, pooled_a = head.encode_prompt(lm.llm, *_prompts(lm, texts))
+        cond_b, _, pooled_b = head.encode_prompt(lm.llm, *_prompts(lm, texts, pad_to=40))
+        single, _, _ = head.encode_prompt(lm.llm, *_prompts(lm, texts[:1]))
+    assert bool(mask_a.all())  # the queries are never padding
     assert cond_a.shape == (2, 4, 24) and pooled_a.shape == (2, 24)
     torch.testing.assert_close(cond_a, cond_b, atol=1e-5, rtol=0)
     torch.testing.assert_close(pooled_a, pooled_b, atol=1e-5, rtol=0)
@@ -199,7 +204,7 @@ def test_encode_prompt_depends_on_prompt_not_on_left_padding(lm):
     ids, mask = _prompts(lm, texts)
     right_ids, right_mask = ids.flip(1), mask.flip(1)
     with pytest.raises(ValueError, match="LEFT-padded"):
-        head.encode_prompt(lm, right_ids, right_mask)
+        head.encode_prompt(lm.llm, right_ids, right_mask)
 
 
 def test_loss_trains_queries_connector_dit_but_never_the_llm(lm):
@@ -232,7 +237,9 @@ def test_condition_dropout_uses_the_null_condition(lm):
         head.null_cond.normal_()
         head.null_pooled.normal_()
     cond, pooled = torch.randn(64, 4, 24), torch.randn(64, 24)
-    c2, p2 = head.drop_condition(cond, pooled, torch.Generator().manual_seed(0))
+    mask = torch.ones(64, 4, dtype=torch.bool)
+    c2, m2, p2 = head.drop_condition(cond, mask, pooled, 0.5, torch.Generator().manual_seed(0))
+    assert bool(m2.all())
     dropped = (c2 == head.null_cond).all(dim=(1, 2))
     kept = (c2 == cond).all(dim=(1, 2))
     assert bool((dropped ^ kept).all()) and 15 < int(dropped.sum()) < 49

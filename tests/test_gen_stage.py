@@ -74,7 +74,7 @@ def test_gen_stage_changes_only_the_head_and_understanding_is_bit_identical(worl
 def test_output_reloads_with_its_head(trained):
     cfg, _ = trained
     model = MultimodalLM.from_pretrained(cfg.output_dir)
-    assert model.config.gen_head["num_queries"] == 4 and model.config.gen_head["dit"]["hidden_size"] == 32
+    assert model.config.gen_head.num_queries == 4 and model.config.gen_head.dit.hidden_size == 32
     saved = weights(cfg.output_dir)
     for key, tensor in model.gen_head.state_dict().items():
         assert torch.equal(tensor, saved[f"gen_head.{key}"]), key
@@ -87,7 +87,7 @@ def test_output_reloads_with_its_head(trained):
     from train_stages.runner import load_start_model
 
     again = load_start_model(cfg2)
-    assert torch.equal(again.gen_head.queries, model.gen_head.queries)
+    assert torch.equal(again.gen_head.connector[1].weight, model.gen_head.connector[1].weight)
     other = TrainConfig.from_dict({**stage_dict("gen", "/tmp/unused", cfg.output_dir, "x.json"),
                                    "gen_head": {**HEAD, "num_queries": 8}})
     with pytest.raises(ValueError, match="differs from the head"):
@@ -176,8 +176,8 @@ def test_config_errors(world, tmp_path):
     model = MultimodalLM.from_pretrained(world["start"])
     with pytest.raises(ValueError, match="no image-generation head"):
         model.generate_images(["a red circle at the top"])
-    with pytest.raises(ValueError, match="gen_images given but the model has no image-generation head"):
-        model(torch.tensor([[0, 5, 6]]), gen_images=torch.zeros(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="gen_loss: the model has no image-generation head"):
+        model.gen_loss(torch.tensor([[0, 5, 6]]), None, torch.zeros(1, 3, 32, 32))
     with pytest.raises(ValueError, match=r"gen_head: unknown field\(s\) \['num_querys'\]"):
         run_stage(_cfg(world, tmp_path / "x", gen_head={"num_querys": 4}))
     cfg = TrainConfig.from_dict({**stage_dict("align", str(tmp_path / "a"), world["start"], world["train"]),
@@ -194,19 +194,25 @@ def test_demo_gen_step_writes_metrics_and_a_grid(world, tmp_path):
 
     from PIL import Image
 
-    from mllm.app.demo_gen import GRID_FILE, METRICS_FILE, QUICK_GEN, resolve_gen_plan, run_gen_step
+    from mllm.app.demo_gen import GRID_FILE, LOSS_FILE, METRICS_FILE, QUICK_GEN, resolve_gen_plan, run_gen_step
 
     plan = dataclasses.replace(QUICK_GEN, gen_head=HEAD, bf16=False)
     row, metrics = run_gen_step(str(tmp_path), str(tmp_path / "data"), world["start"], plan)
     assert row["step"].startswith("train + eval: gen") and row["seconds"] > 0 and row["loss"] > 0
     saved = json.load(open(tmp_path / METRICS_FILE))
-    for key in ("colour_shape_accuracy", "colour_accuracy", "shape_accuracy", "count_accuracy", "fd",
-                "fd_real_vs_real", "n_images", "seconds", "train", "sampling"):
+    for key in ("everything_accuracy", "colour_shape_accuracy", "colour_accuracy", "shape_accuracy",
+                "position_accuracy", "count_accuracy", "fd", "fd_real_vs_real", "n_images", "seconds", "train",
+                "sampling"):
         assert key in saved, key
+    assert saved["seconds"]["cpu_total"] > 0
+    assert len(saved["grid_verdicts"]) == len(saved["grid_prompts"]) == 8
+    assert all(v == "ok" or v for v in saved["grid_verdicts"])
     assert saved["n_images"] == 8 and saved["train"]["steps"] == 4 and 0.0 <= saved["colour_shape_accuracy"] <= 1.0
     assert saved["fd"] >= 0.0 and saved["fd_real_vs_real"] >= 0.0
-    with Image.open(tmp_path / GRID_FILE) as grid:
-        assert grid.mode == "RGB" and grid.size == (3 * (8 * 34 + 2), 3 * (34 + 2))  # 8 images of 32 px, x3
+    with Image.open(tmp_path / GRID_FILE) as grid:  # 8 images in one row, each with its prompt and verdict
+        assert grid.width > 2 * grid.height and grid.width >= 8 * 100
+    with Image.open(tmp_path / LOSS_FILE) as curve:
+        assert curve.width > 300
     assert MultimodalLM.from_pretrained(str(tmp_path / "gen")).gen_head is not None
     # the demo's own plan object: smoke runs get the quick gen plan, with the demo's seed
     demo_like = type("P", (), {"max_steps": 4, "seed": 3, "bf16": False})()

@@ -97,10 +97,12 @@ def test_remote_export_with_head_samples_the_same_images_in_a_fresh_process(ckpt
 
     model = MultimodalLM.from_pretrained(ckpt)
     out = str(tmp_path / "hf")
-    report = export_model(ckpt, out, verify=True, log=None)  # the understanding side: logits + greedy tokens
+    report = export_model(ckpt, out, verify=True, log=None)  # logits + greedy tokens, and the gen path
     assert report.path == "remote" and "image-generation head" in report.reason
     assert report.verify.ok
-    for name in ("dit.py", "flow.py"):  # mllm's own files, verbatim
+    assert report.gen_verify["identical"] and report.gen_verify["max_abs_diff"] == 0.0
+    assert report.gen_verify["shape"] == [2, 3, 32, 32]
+    for name in ("dit.py", "flow.py", "condition.py"):  # mllm's own files, verbatim
         assert filecmp.cmp(os.path.join(GEN_DIR, name), os.path.join(out, name), shallow=False)
     cfg = json.load(open(os.path.join(out, "config.json")))
     assert cfg["extra_heads"]["gen"]["num_queries"] == 4
@@ -127,3 +129,37 @@ def test_verify_gen_export_catches_a_different_head(ckpt, tmp_path):
         model.gen_head.dit.final_layer.linear.bias.add_(0.05)
     with pytest.raises(VerifyError, match="generate_images differs from the source model"):
         verify_gen_export(model, out, steps=2)
+
+
+@pytest.mark.parametrize("condition", [{"condition": "queries", "llm_layers": [-1], "refiner_layers": 0,
+                                        "prediction": "velocity"},
+                                       {"condition": "prompt+queries", "llm_layers": [0, 1, -1],
+                                        "refiner_layers": 1, "prediction": "x0"}])
+def test_export_samples_the_same_images_for_every_condition_option(condition, tmp_path):
+    from mllm.app.export import export_model
+
+    torch.manual_seed(0)
+    model = MultimodalLM.build(tiny_config(anyres=False))
+    model.add_gen_head({**HEAD, **condition})
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in model.gen_head.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    report = export_model(model.eval(), str(tmp_path / "hf"), verify=True, log=None)
+    assert report.gen_verify["identical"]
+
+
+def test_re_export_removes_stale_modeling_files(ckpt, tmp_path):
+    """A native export written over a remote-code one must not leave the old code (dit.py, flow.py,
+    condition.py, modeling_mllm.py, ...) beside the new weights."""
+    from mllm.app.export import export_model
+    from mllm.app.export.remote import GEN_FILES, REMOTE_FILES
+
+    out = str(tmp_path / "hf")
+    export_model(ckpt, out, log=None)
+    assert all(os.path.isfile(os.path.join(out, n)) for n in REMOTE_FILES + GEN_FILES)
+    torch.manual_seed(0)
+    bare = MultimodalLM.build(tiny_config())
+    report = export_model(bare, out, overwrite=True, log=None)
+    assert report.path == "llava_next"
+    assert not any(os.path.exists(os.path.join(out, n)) for n in REMOTE_FILES + GEN_FILES)

@@ -21,7 +21,8 @@ from PIL import Image
 
 from data_pipelines.shapes import make_shapes
 from data_pipelines.shapes.render import text_mask
-from data_pipelines.shapes.scene import (BACKGROUND, COLOURS, KINDS, PLURALS, REGIONS, TEXT_COLOUR, Scene,
+from data_pipelines.shapes.scene import (BACKGROUND, COLOURS, KINDS, PATCH, PLURALS, REGIONS, TEXT_COLOUR, Scene,
+                                         canvas_scale, cell_rect, label_places_of, layout_of, positions_of,
                                          sample_scene, scene_rng)
 from data_pipelines.shapes.writers import circular_variants
 from data_pipelines.mmbench.prompt import build_mmbench_prompt
@@ -159,15 +160,20 @@ def test_scene_metadata_agrees_with_pixels(data):
             assert inside.sum() == s.area and inside.any(0).all() and inside.any(1).all(), (scene.id, s.name)
             assert not covered[y0:y1, x0:x1].any(), f"{scene.id}: shapes overlap"
             covered[y0:y1, x0:x1] = True
-            row, col = REGIONS[s.position]  # the centroid lies in the named third of the image
-            assert col * scene.width / 3 <= x < (col + 1) * scene.width / 3, (scene.id, s.name)
-            assert row * scene.height / 3 <= y < (row + 1) * scene.height / 3, (scene.id, s.name)
+            # the whole shape lies in the named cell of the image's layout (3x3 grid or a line of three)
+            assert s.position in positions_of(scene.width, scene.height), (scene.id, s.name)
+            cx0, cy0, cx1, cy1 = cell_rect(scene.width, scene.height, s.position)
+            assert cx0 <= x0 and x1 <= cx1 and cy0 <= y0 and y1 <= cy1, (scene.id, s.name)
         if scene.label is not None:
             x0, y0, x1, y1 = scene.label.box
             ink = np.asarray(text_mask(scene.label.text, scene.label.scale)) > 0  # (h, w)
             region = px[y0:y1, x0:x1]
             assert np.all(region[ink] == TEXT_COLOUR) and np.all(region[~ink] == BACKGROUND), scene.id
             assert not covered[y0:y1, x0:x1].any(), f"{scene.id}: label overlaps a shape"
+            assert scene.label.corner in label_places_of(scene.width, scene.height)
+            cx0, cy0, cx1, cy1 = cell_rect(scene.width, scene.height, scene.label.corner)
+            assert cx0 <= x0 and x1 <= cx1 and cy0 <= y0 and y1 <= cy1, scene.id
+            assert scene.label.corner not in {s.position for s in scene.shapes}, scene.id
             covered[y0:y1, x0:x1] = True
         assert np.all(px[~covered] == BACKGROUND), scene.id
 
@@ -180,11 +186,34 @@ def test_scene_sampler_covers_the_vocabulary_and_sizes():
     assert {len(sc.shapes) for sc in scenes} == {1, 2, 3, 4}
     assert 0.2 < sum(sc.label is not None for sc in scenes) / len(scenes) < 0.5
     sides = [v for sc in scenes for v in (sc.width, sc.height)]
-    assert min(sides) == 48 and max(sides) > 350 and max(sides) <= 400
+    assert min(sides) >= 32 and max(sides) > 350 and max(sides) <= 400
     aspects = [sc.width / sc.height for sc in scenes]
     assert min(aspects) < 0.4 and max(aspects) > 2.5 and all(1 / 3.1 < a < 3.1 for a in aspects)
+    layouts = Counter(layout_of(sc.width, sc.height) for sc in scenes)
+    assert layouts["grid"] > 100 and layouts["line"] > 100
+    assert {len(sc.shapes) for sc in scenes if layout_of(sc.width, sc.height) == "grid"} == {1, 2, 3, 4}
     for sc in scenes:
         assert len({s.name for s in sc.shapes}) == len(sc.shapes)  # "the red circle" names one shape
+
+
+def test_sizes_are_set_in_patches_of_the_canvas_the_model_sees():
+    """Whatever the image size, a shape is SMALL/LARGE_PATCHES patches on the AnyRes canvas of the tiny
+    preset, and a label's glyphs are 3-4.5 patches tall there (the processor's own resize decides)."""
+    from mllm import anyres
+    from mllm.presets import TINY_PINPOINTS
+
+    scenes = [sample_scene(scene_rng(1, "probe", i), f"p{i}", "probe", "p.png") for i in range(400)]
+    for sc in scenes:
+        k = canvas_scale(sc.width, sc.height)
+        bh, bw = anyres.select_best_resolution((sc.height, sc.width), TINY_PINPOINTS)
+        nh, nw = anyres.fit_size((sc.height, sc.width), (bh, bw))
+        assert abs(k * sc.width - nw) <= 1 and abs(k * sc.height - nh) <= 1
+        for s in sc.shapes:
+            patches = (s.box[2] - s.box[0]) * k / PATCH
+            assert (2.5 <= patches <= 3.5) if s.size == "large" else (1.75 <= patches <= 2.25), (sc.id, s)
+        if sc.label is not None:
+            glyph_patches = sc.label.scale * 6 * k / PATCH
+            assert 2.2 <= glyph_patches <= 4.5, (sc.id, sc.label)
 
 
 def test_scene_round_trip_and_errors(data):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 from data_pipelines.collate import PackingCollator, PaddingCollator
-from data_pipelines.dataset import MultimodalDataset
+from data_pipelines.dataset import MultimodalDataset, StreamingMultimodalDataset
 from data_pipelines.mixture import MixtureSpec, SourceSpec, load_mixture
 from data_pipelines.preflight import preflight
 from data_pipelines.records import SkipStats
@@ -49,33 +49,57 @@ class TrainingData:
 
 
 def build_training_data(cfg: TrainConfig, model) -> TrainingData:
-    if not cfg.data:
-        raise ValueError(f"stage {cfg.stage!r}: 'data' lists no sources")
+    if not cfg.data and not cfg.mixture:
+        raise ValueError(f"stage {cfg.stage!r}: 'data' lists no sources (and no 'mixture' YAML is given)")
     if cfg.spec.objective == "gen":
         return build_gen_data(cfg, model)
     bad = [s.path for s in cfg.data if s.format == "gen"]
     if bad:
         raise ValueError(f"stage {cfg.stage!r} trains on conversations, but data source(s) {bad} have format "
                          f"'gen' (prompt/image pairs are for the 'gen' stage)")
-    spec = MixtureSpec(sources=[SourceSpec(path=s.path, format=s.format or "llava", image_root=s.image_root,
-                                           weight=s.weight, max_samples=s.max_samples) for s in cfg.data],
-                       seed=cfg.seed)
+    spec = stage_mixture(cfg)
     stats = SkipStats()
-    records = load_mixture(spec, stats=stats, strict=cfg.strict_data)
     max_length = cfg.max_length or model.config.max_length
-    dataset = MultimodalDataset.for_model(records, model, max_length=max_length,
-                                          template=cfg.resolved_template(model.config.chat_template),
-                                          strict=cfg.strict_data, stats=stats)
+    template = cfg.resolved_template(model.config.chat_template)
+    if cfg.streaming:
+        if cfg.max_steps <= 0:
+            raise ValueError(f"stage {cfg.stage!r}: streaming data has no length; set max_steps")
+        # rank 0 reads the stream and accelerate dispatches the batches to the ranks
+        dataset = StreamingMultimodalDataset.for_model(spec.stream, model, max_length=max_length,
+                                                       template=template, strict=cfg.strict_data, stats=stats)
+    else:
+        records = load_mixture(spec, stats=stats, strict=cfg.strict_data)
+        dataset = MultimodalDataset.for_model(records, model, max_length=max_length, template=template,
+                                              strict=cfg.strict_data, stats=stats)
     pad = model.tokenizer.pad_token_id
     if cfg.packing:
         collator = PackingCollator(max_length=max_length, pad_token_id=pad, report_skips=True)
     else:
         collator = PaddingCollator(pad_token_id=pad, report_skips=True)
-    sampler = LengthGroupedSampler(dataset.lengths, dataset.modalities, batch_size=cfg.per_device_train_batch_size,
-                                   seed=cfg.seed, group_by_modality=cfg.group_by_modality_length)
+    sampler = None if cfg.streaming else LengthGroupedSampler(
+        dataset.lengths, dataset.modalities, batch_size=cfg.per_device_train_batch_size, seed=cfg.seed,
+        group_by_modality=cfg.group_by_modality_length)
     if stats.as_dict().get("total"):
         stats.log(log)
     return TrainingData(dataset=dataset, collator=collator, sampler=sampler, skip_stats=stats)
+
+
+def stage_mixture(cfg: TrainConfig) -> MixtureSpec:
+    """The stage's sources as one mixture: ``mixture`` (a mixture YAML) and/or ``data``. Defaults are the
+    mixture's own: format "auto" (detected per file) and, without weights, every record once."""
+    sources = []
+    seed, num_samples = cfg.seed, cfg.num_samples
+    if cfg.mixture:
+        spec = MixtureSpec.from_yaml(cfg.mixture)
+        sources += spec.sources
+        num_samples = num_samples if num_samples is not None else spec.num_samples
+    sources += [SourceSpec(path=s.path, format=s.format or "auto", image_root=s.image_root, weight=s.weight,
+                           max_samples=s.max_samples, split=s.split, image_placement=s.image_placement)
+                for s in cfg.data]
+    try:
+        return MixtureSpec(sources=sources, seed=seed, num_samples=num_samples)
+    except ValueError as e:
+        raise ValueError(f"stage {cfg.stage!r} data: {e}") from None
 
 
 def build_gen_data(cfg: TrainConfig, model) -> TrainingData:

@@ -1,14 +1,26 @@
-"""Encoder pretraining for presets without a pretrained tower (``tiny``): CLIP-style contrastive training.
+"""Encoder pretraining for presets without a pretrained tower (``tiny``): CLIP-style contrastive training,
+plus per-patch attribute heads on the scene metadata where the data has it (the Shapes world).
 
 The tower's selected features (the ones the connector will see) are mean-pooled over every AnyRes tile of
 an image (``views="tiles"``, the default: the base view and the high-resolution tiles, so the tower learns
 what small shapes look like at the scale the LLM will see them) or over the base view only
 (``views="base"``), and projected; a small text transformer encodes the captions; open_clip's ``ClipLoss``
-pulls matching pairs together. The
+pulls matching pairs together.
+
+Attribute heads (``attribute_weight`` > 0 and a ``scenes`` JSONL next to the captions, e.g. the Shapes
+world's ``scenes_train.jsonl``): every patch of every tile also predicts, with one linear head each, the
+colour, kind and size class of the shape covering it and the text of the label covering it
+(``data_pipelines.shapes.patches``, pushed through exactly the processor's tile geometry). Contrastive
+captions alone say *what* is in an image but not *where* it is in the patch grid; the heads make each
+patch feature carry its own content, which is what the connector and the LLM read. The heads are
+training aids only: they are dropped, and the saved checkpoint is a plain preset checkpoint. The
 output is a full checkpoint of the preset with the trained tower (connector and LLM still random), ready
 to be the ``init_from`` of the align stage.
 
     python -m train_stages.encoder_pretrain --data shapes/captions_train.json --out runs/encoder --epochs 8
+    python -m train_stages.encoder_pretrain --data shapes/captions_train.json --out runs/encoder \
+        --attribute-weight 0      # contrastive only
+    python -m eval.perceivability --features frozen --tower runs/encoder   # what the features carry
     mllm train --stage encoder --config encoder.yaml
 """
 from __future__ import annotations
@@ -33,6 +45,9 @@ from data_pipelines.processor import MultimodalProcessor
 from mllm.config import apply_overrides
 from mllm.model import MultimodalLM
 from mllm.presets import get_preset
+from data_pipelines.shapes.scene import Scene
+from data_pipelines.shapes.patches import (HEADS, PatchHeads, cell_assignment, cell_targets, patch_targets,
+                                           pool_cells)
 
 log = logging.getLogger("mllm.train")
 
@@ -54,6 +69,8 @@ class EncoderPretrainConfig:
     seed: int = 0
     num_threads: Optional[int] = None
     views: str = "tiles"  # "tiles": every AnyRes tile of an image; "base": the whole image at tile size only
+    scenes: Optional[str] = None  # scene metadata JSONL; default: scenes_train.jsonl beside the data, if any
+    attribute_weight: float = 1.0  # weight of the per-patch attribute heads (0: contrastive only)
 
 
 class TextEncoder(nn.Module):
@@ -104,7 +121,23 @@ class TileBank:
     def batch(self, idx: torch.Tensor):
         rows = torch.cat([torch.arange(int(self.start[i]), int(self.start[i] + self.count[i])) for i in idx])
         owner = torch.repeat_interleave(torch.arange(len(idx)), self.count[idx])
-        return self.flat[rows], owner
+        return self.flat[rows], owner, rows
+
+
+def _load_scenes(path: str, pairs, data_path: str):
+    """Scene metadata for every caption pair (matched by image path), or an error naming what is missing."""
+
+    root = os.path.dirname(os.path.abspath(data_path))
+    by_image = {}
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                scene = Scene.from_dict(json.loads(line), where=f"{path}:{n}")
+                by_image[os.path.normpath(os.path.join(root, scene.image))] = scene
+    missing = [p for p, _ in pairs if os.path.normpath(p) not in by_image]
+    if missing:
+        raise ValueError(f"{path}: no scene for {len(missing)} caption image(s), e.g. {missing[0]!r}")
+    return [by_image[os.path.normpath(p)] for p, _ in pairs]
 
 
 def _load_pairs(path: str, image_root: Optional[str]):
@@ -137,12 +170,49 @@ def pretrain_encoder(cfg: EncoderPretrainConfig, progress: bool = True) -> dict:
         proc = AnyResImageProcessor(tower.image_size, [], mcfg.image.mean, mcfg.image.std)
     pairs = _load_pairs(cfg.data, cfg.image_root)
     t0 = time.time()
-    bank = TileBank([proc.process(load_image(p))[0] if cfg.views == "tiles" else proc.process(load_image(p))[0][:1]
-                     for p, _ in pairs])
+    scenes_path = cfg.scenes
+    if scenes_path is None and cfg.attribute_weight > 0:
+        guess = os.path.join(os.path.dirname(os.path.abspath(cfg.data)), "scenes_train.jsonl")
+        scenes_path = guess if os.path.exists(guess) else None
+    attributes = cfg.attribute_weight > 0 and scenes_path is not None
+    tiles_of = lambda p: proc.process(load_image(p))[0] if cfg.views == "tiles" else proc.process(load_image(p))[0][:1]  # noqa: E731
+    bank = TileBank([tiles_of(p) for p, _ in tqdm(pairs, desc="encoder pretrain: tiles", disable=not progress)])
+    patch_heads, targets = None, None
+    if attributes:
 
-    def embed_images(idx: torch.Tensor) -> torch.Tensor:
-        tiles, owner = bank.batch(idx)
-        return nn.functional.normalize(head(tower(tiles), owner, len(idx)), dim=-1)
+        scenes = _load_scenes(scenes_path, pairs, cfg.data)
+        patch = mcfg.vision.config.get("patch_size", 8)
+        keep = None if cfg.views == "tiles" else 1
+        per_scene = [patch_targets(sc, proc, patch) for sc in scenes]
+        targets = {k: torch.cat([t[k][:keep] for t in per_scene]) for k in HEADS}  # {target: (tiles, G*G)}
+        if targets["colour"].shape[0] != bank.flat.shape[0]:
+            raise ValueError(f"encoder pretraining: {targets['colour'].shape[0]} tiles of patch targets but "
+                             f"{bank.flat.shape[0]} image tiles (scenes do not match the images?)")
+        cells = [cell_targets(sc) for sc in scenes]
+        cell_count = torch.tensor([len(c["colour"]) for c in cells])
+        cell_start = torch.cumsum(cell_count, 0) - cell_count
+        cell_y = {k: torch.cat([c[k] for c in cells]) for k in HEADS}  # {target: (all cells,)}
+        cell_ids = torch.cat([cell_assignment(sc, proc, patch)[:keep] for sc in scenes])  # (tiles, G*G) local
+        dim = tower.hidden_size * max(1, len(getattr(tower, "feature_layers", [0])))
+        patch_heads, cell_heads = PatchHeads(dim), PatchHeads(2 * dim)
+
+        def attribute_loss(feats: torch.Tensor, rows: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            # per patch: what covers it; per cell of the layout: what is in it, from the mean of its
+            # patches (a patch inside a large shape sees flat colour only; the cell sees the outline)
+            owner = torch.repeat_interleave(torch.arange(len(idx)), bank.count[idx])  # (tiles,)
+            n = cell_count[idx]
+            offset = (torch.cumsum(n, 0) - n)[owner].unsqueeze(1)  # (tiles, 1)
+            local = cell_ids[rows]
+            ids = torch.where(local >= 0, local + 2 * offset, -1)
+            picked = torch.cat([torch.arange(int(cell_start[i]), int(cell_start[i] + cell_count[i])) for i in idx])
+            pooled = pool_cells(feats, ids, int(n.sum()))  # (cells, 2C)
+            return (patch_heads.loss(feats, {k: v[rows] for k, v in targets.items()})
+                    + cell_heads.loss(pooled, {k: v[picked] for k, v in cell_y.items()}))
+
+    def embed_images(idx: torch.Tensor):
+        tiles, owner, rows = bank.batch(idx)
+        feats = tower(tiles)  # (tiles, G*G, C): the features the connector will see
+        return nn.functional.normalize(head(feats, owner, len(idx)), dim=-1), feats, rows
     enc = [tok.encode(c, add_special_tokens=False)[: cfg.max_text_len - 1] + [tok.eos_token_id] for _, c in pairs]
     ids = torch.full((len(enc), cfg.max_text_len), tok.pad_token_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -153,6 +223,8 @@ def pretrain_encoder(cfg: EncoderPretrainConfig, progress: bool = True) -> dict:
     head = ImageHead(tower.hidden_size, cfg.embed_dim)
     logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
     params = list(tower.parameters()) + list(text.parameters()) + list(head.parameters()) + [logit_scale]
+    if patch_heads is not None:
+        params += list(patch_heads.parameters()) + list(cell_heads.parameters())
     for p in tower.parameters():
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -163,17 +235,21 @@ def pretrain_encoder(cfg: EncoderPretrainConfig, progress: bool = True) -> dict:
     g = torch.Generator().manual_seed(cfg.seed)
     history = []
     bar = tqdm(total=total, desc="encoder pretrain", disable=not progress)
+    t_train = time.time()
     tower.train()
     for epoch in range(cfg.epochs):
         order = torch.randperm(len(pairs), generator=g)
         running = 0.0
         for s in range(steps_per_epoch):
             idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-            img = embed_images(idx)
+            img, feats, rows = embed_images(idx)
             txt = nn.functional.normalize(text(ids[idx], mask[idx]), dim=-1)
             loss = loss_fn(img, txt, logit_scale.exp().clamp(max=100))
+            if patch_heads is not None:
+                loss = loss + cfg.attribute_weight * attribute_loss(feats, rows, idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
             running += loss.item()
@@ -186,7 +262,7 @@ def pretrain_encoder(cfg: EncoderPretrainConfig, progress: bool = True) -> dict:
     with torch.no_grad():
         hits = n = 0
         for s in range(0, len(pairs) - 63, 64):
-            img = embed_images(torch.arange(s, s + 64))
+            img = embed_images(torch.arange(s, s + 64))[0]
             txt = nn.functional.normalize(text(ids[s:s + 64], mask[s:s + 64]), dim=-1)
             hits += int((img @ txt.T).argmax(1).eq(torch.arange(64)).sum())
             n += 64
@@ -196,7 +272,8 @@ def pretrain_encoder(cfg: EncoderPretrainConfig, progress: bool = True) -> dict:
     summary = {"stage": "encoder", "epochs": cfg.epochs, "steps": total, "loss_first_epoch": history[0],
                "loss_last_epoch": history[-1], "retrieval_top1_in_64": hits / max(n, 1),
                "seconds": round(time.time() - t0, 1), "pairs": len(pairs), "views": cfg.views,
-               "tiles": int(bank.flat.shape[0])}
+               "tiles": int(bank.flat.shape[0]), "attribute_heads": attributes,
+               "seconds_per_step": round((time.time() - t_train) / max(total, 1), 3)}
     with open(os.path.join(cfg.output_dir, "encoder_pretrain.json"), "w") as f:
         json.dump({"config": cfg.__dict__, "summary": summary, "loss_per_epoch": history}, f, indent=2)
     log.info("encoder pretraining: %s", summary)
@@ -215,10 +292,18 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--views", choices=("tiles", "base"), default="tiles",
                    help="pool every AnyRes tile of an image (default) or the base view only")
+    p.add_argument("--scenes", help="scene metadata JSONL for the attribute heads "
+                                    "(default: scenes_train.jsonl beside --data, if present)")
+    p.add_argument("--attribute-weight", type=float, default=1.0,
+                   help="weight of the per-patch attribute heads; 0 = contrastive only")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     print(json.dumps(pretrain_encoder(EncoderPretrainConfig(
         data=a.data, output_dir=a.out, model=a.model, image_root=a.image_root, epochs=a.epochs,
-        batch_size=a.batch_size, learning_rate=a.lr, seed=a.seed, views=a.views)), indent=2))
+        batch_size=a.batch_size, learning_rate=a.lr, seed=a.seed, views=a.views, scenes=a.scenes,
+        attribute_weight=a.attribute_weight)), indent=2))
     return 0
 
 

@@ -28,6 +28,7 @@ from mllm.presets import get_preset
 from .consolidate import consolidate_and_save
 from .data import build_training_data
 from .freeze import apply_policy, param_table, per_module_param_groups
+from .hf_args import training_arguments
 from .specs import TrainConfig
 from .trainer import (DataPositionCallback, MetricsCallback, MLLMTrainer, gathered_state_dict, latest_checkpoint,
                       remove_incomplete_checkpoints)
@@ -92,6 +93,18 @@ def zero_stage(path: Optional[str]) -> int:
         return int(json.load(f).get("zero_optimization", {}).get("stage", 0))
 
 
+def needs_vision_every_step(model, world: int) -> bool:
+    """Whether a text-only batch must still run the tower + connector (a zero-weighted dummy tile).
+
+    Under several ranks, ZeRO-3 gathers and ZeRO-2/DDP gradient reductions need every rank to touch the same
+    parameters each step. On one rank, a text-only batch whose loss reaches no trainable parameter (stage 1:
+    only the connector learns, and the modality-grouped sampler makes text-only batches) has no graph to
+    back-propagate; the dummy pass gives it one, with zero gradients."""
+    if world > 1:
+        return True
+    return not any(p.requires_grad for p in model.llm.parameters())
+
+
 def load_start_model(cfg: TrainConfig):
     """The stage's input model, in full precision (explicit ``init_from``, or a preset for a first stage)."""
     if cfg.init_from:
@@ -108,49 +121,14 @@ def ensure_gen_head(model, cfg: TrainConfig) -> None:
     one keeps it, and a ``cfg.gen_head`` that describes a different head is an error, not silently ignored."""
     if model.gen_head is None:
         model.add_gen_head(cfg.gen_head)
-        log.info("added a fresh image-generation head: %s", json.dumps(model.config.gen_head))
+        log.info("added a fresh image-generation head: %s", json.dumps(model.config.gen_head.to_dict()))
         return
     if cfg.gen_head is not None:
-        wanted = GenHeadConfig.from_dict(dict(cfg.gen_head)).to_dict()
-        if wanted != model.config.gen_head:
+        wanted, have = GenHeadConfig.from_dict(dict(cfg.gen_head)).to_dict(), model.config.gen_head.to_dict()
+        if wanted != have:
             raise ValueError(f"gen_head in the training config ({json.dumps(wanted)}) differs from the head "
-                             f"{cfg.init_from or cfg.model} already has ({json.dumps(model.config.gen_head)}); "
+                             f"{cfg.init_from or cfg.model} already has ({json.dumps(have)}); "
                              f"drop 'gen_head' to keep training that head")
-
-
-def _training_args(cfg: TrainConfig, ds_path: Optional[str]):
-    from transformers import TrainingArguments
-
-    cuda = torch.cuda.is_available()
-    # TensorBoard (report_to: [tensorboard]) logs into each stage's own output_dir/tensorboard
-    os.environ["TENSORBOARD_LOGGING_DIR"] = os.path.join(cfg.output_dir, "tensorboard")
-    return TrainingArguments(
-        output_dir=cfg.output_dir,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.resolved_lr(),
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
-        warmup_steps=float(cfg.warmup_ratio),  # a float in [0, 1) is a ratio of the total steps
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        bf16=cfg.bf16,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps" if cfg.save_steps > 0 else "no",
-        save_steps=max(cfg.save_steps, 1),
-        save_total_limit=None,  # MLLMTrainer keeps the last N *complete* checkpoints itself
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        report_to=list(cfg.report_to) or "none",
-        deepspeed=ds_path,
-        use_cpu=not cuda,  # on CPU DeepSpeed needs it, or every rank thinks it is rank 0
-        remove_unused_columns=False,
-        dataloader_num_workers=cfg.dataloader_num_workers,
-        include_num_input_tokens_seen=True,
-        disable_tqdm=False,
-        ddp_find_unused_parameters=False,
-    )
 
 
 def run_stage(cfg: TrainConfig) -> Dict:
@@ -165,22 +143,26 @@ def run_stage(cfg: TrainConfig) -> Dict:
         log.warning("QLoRA with ZeRO-3 needs bitsandbytes' quant_storage support on your platform; "
                     "falling back to ZeRO-2")
         ds_path = resolve_deepspeed("zero2")
+    if cfg.spec.objective == "gen" and world_size() > 1 and not ds_path:
+        raise ValueError(f"stage {cfg.stage!r} on {world_size()} ranks needs DeepSpeed (deepspeed: zero2): the "
+                         f"image head's loss is not the model's forward, which plain DDP needs for its reduction")
     if rank() == 0:
         cfg.save(os.path.join(cfg.output_dir, "train_config.json"))
 
     model = load_start_model(cfg)
     groups = apply_policy(model, cfg)
     model.always_run_vision = cfg.always_run_vision if cfg.always_run_vision is not None \
-        else world_size() > 1  # ZeRO-3 gathers and ZeRO-2/DDP gradient reductions need every rank in step
+        else needs_vision_every_step(model, world_size())
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(vision=cfg.module("vision").mode != "frozen")
+        model.gradient_checkpointing_enable(vision=cfg.module("vision").mode != "frozen",
+                                            kwargs=cfg.training_args.get("gradient_checkpointing_kwargs"))
     log.info("stage %s: trainable / frozen parameters\n%s", cfg.stage, param_table(model))
     if rank() == 0:
         model.config.save(os.path.join(cfg.output_dir, "mllm_config.resolved.json"))
 
     data = build_training_data(cfg, model)
     hidden = model.llm.get_input_embeddings().weight.shape[1]
-    args = _training_args(cfg, materialize_deepspeed(ds_path, hidden, cfg.output_dir))
+    args = training_arguments(cfg, materialize_deepspeed(ds_path, hidden, cfg.output_dir))
     metrics_path = os.path.join(cfg.output_dir, "metrics.jsonl")
     callbacks = [MetricsCallback(metrics_path, cfg.stage)]
     if data.sampler is not None:

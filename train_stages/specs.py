@@ -24,6 +24,8 @@ import yaml
 
 from mllm.modules import MODULES
 from mllm.registry import Registry
+from mllm import typed
+from .hf_args import split_training_args
 
 MODES = ("frozen", "full", "lora", "qlora")
 
@@ -80,10 +82,14 @@ STAGES.add("gen", StageSpec(
 @dataclass
 class DataSource:
     path: str
-    format: Optional[str] = None  # None: the stage's ("llava" for lm stages, "gen" for the gen stage)
+    # None: "auto" (detected from the file: llava, sharegpt or hf) for lm stages, "gen" for the gen stage
+    format: Optional[str] = None
     image_root: Optional[str] = None
-    weight: float = 1.0
+    # None everywhere: every record of every source once (concatenation); weights everywhere: shares
+    weight: Optional[float] = None
     max_samples: Optional[int] = None
+    split: str = "train"  # HF datasets sources
+    image_placement: Optional[str] = None  # None: the format's default ("front" for LLaVA JSON)
 
 
 @dataclass
@@ -104,6 +110,11 @@ class TrainConfig:
     model: Optional[str] = None
     model_overrides: List[str] = field(default_factory=list)
     data: List[DataSource] = field(default_factory=list)
+    # a mixture YAML (data_pipelines.mixture: sources, seed, num_samples) instead of, or besides, `data`;
+    # `data: mix.yaml` means the same
+    mixture: Optional[str] = None
+    num_samples: Optional[int] = None  # mixture size; None: the sum of the sources' sizes
+    streaming: bool = False  # read the sources as a stream (needs max_steps > 0)
     template: Optional[str] = None  # default: the stage's
     modules: Dict[str, ModuleSpec] = field(default_factory=dict)
     lora: LoraSpec = field(default_factory=LoraSpec)
@@ -136,6 +147,9 @@ class TrainConfig:
     # {num_queries: 16, dit: tiny}); None = GenHeadConfig's defaults. A model that has a head keeps it (then a
     # gen_head given here must describe that same head).
     gen_head: Optional[Dict[str, Any]] = None
+    # any other transformers.TrainingArguments field (optim, tf32, run_name, eval_strategy, dataloader_*,
+    # torch_compile, gradient_checkpointing_kwargs, ...): given at the top level of the YAML or here
+    training_args: Dict[str, Any] = field(default_factory=dict)
 
     # ---- resolution ---------------------------------------------------------------------------------
     @property
@@ -164,27 +178,16 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any], source: str = "<config>") -> "TrainConfig":
-        data = dict(data)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"{source}: unknown training config field(s) {unknown}; known: {sorted(names)}")
+
+
+        data = split_training_args(_normalise(data), ours={f.name for f in dataclasses.fields(cls)}, where=source)
         for req in ("stage", "output_dir"):
             if not data.get(req):
                 raise ValueError(f"{source}: '{req}' is required")
-        try:
-            data["data"] = [DataSource(**d) if isinstance(d, dict) else DataSource(path=str(d))
-                            for d in data.get("data") or []]
-            data["modules"] = {k: ModuleSpec(**v) if isinstance(v, dict) else ModuleSpec(mode=str(v))
-                               for k, v in (data.get("modules") or {}).items()}
-            for k in data["modules"]:
-                if k not in MODULES:
-                    raise ValueError(f"unknown module {k!r} in 'modules'; known: {', '.join(MODULES)}")
-            if isinstance(data.get("lora"), dict):
-                data["lora"] = LoraSpec(**data["lora"])
-            cfg = cls(**data)
-        except TypeError as e:
-            raise ValueError(f"{source}: {e}") from None
+        for k in data.get("modules") or {}:
+            if k not in MODULES:
+                raise ValueError(f"{source}: unknown module {k!r} in 'modules'; known: {', '.join(MODULES)}")
+        cfg = typed.from_dict(cls, data, where=source)
         STAGES.get(cfg.stage)  # unknown stage -> ValueError listing the known ones
         if cfg.init_from is None and cfg.model is None:
             raise ValueError(f"{source}: set 'init_from' (the previous stage's output directory) or, for a first "
@@ -192,18 +195,35 @@ class TrainConfig:
         return cfg
 
     @classmethod
-    def load(cls, path: str, overrides: Optional[List[str]] = None) -> "TrainConfig":
+    def load(cls, path: str, overrides: Optional[List[str]] = None, stage: Optional[str] = None) -> "TrainConfig":
+        """The YAML at ``path`` with ``key=value`` overrides; ``stage`` (the command line's ``--stage``) must
+        agree with the file's ``stage:`` when it has one."""
+
         with open(path) as f:
             data = yaml.safe_load(f) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping at the top level")
-        for item in overrides or []:
-            key, _, raw = item.partition("=")
-            if not _:
-                raise ValueError(f"override {item!r} must look like key=value")
-            node = data
-            parts = key.split(".")
-            for p in parts[:-1]:
-                node = node.setdefault(p, {})
-            node[parts[-1]] = yaml.safe_load(raw)
+        if stage is not None:
+            if data.get("stage") not in (None, stage):
+                raise ValueError(f"{path} says stage: {data['stage']!r} but the command asks for stage {stage!r}; "
+                                 f"fix one of them (the file's stage decides the frozen modules and the data)")
+            data["stage"] = stage
+        if isinstance(data.get("data"), str) and data["data"].endswith((".yaml", ".yml")):
+            data["mixture"] = data.pop("data")
+        for key in ("mixture",):  # relative to the config file, like the mixture's own paths
+            if isinstance(data.get(key), str) and not os.path.isabs(data[key]) and not os.path.exists(data[key]):
+                data[key] = os.path.join(os.path.dirname(os.path.abspath(path)), data[key])
+        data = typed.apply_overrides(_normalise(data), overrides or [])
         return cls.from_dict(data, source=path)
+
+
+def _normalise(data: Dict[str, Any]) -> Dict[str, Any]:
+    """Short forms -> mappings: ``data: [file.json]``, ``modules: {llm: lora}``."""
+    data = dict(data)
+    if isinstance(data.get("data"), (list, str)):
+        items = data["data"] if isinstance(data["data"], list) else [data["data"]]
+        data["data"] = [d if isinstance(d, (dict, DataSource)) else {"path": str(d)} for d in items]
+    if isinstance(data.get("modules"), dict):
+        data["modules"] = {k: v if isinstance(v, (dict, ModuleSpec)) else {"mode": str(v)}
+                           for k, v in data["modules"].items()}
+    return data

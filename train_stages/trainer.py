@@ -75,6 +75,17 @@ class MLLMTrainer(Trainer):
             self._skip_stats.add_events(skips)
         return super().training_step(model, inputs, *args, **kwargs)
 
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if "gen_images" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        # a gen batch (train_stages.gen_data): the image head's own loss method. DeepSpeed reduces gradients
+        # from its parameter hooks, so calling the unwrapped model's method is safe there; DDP is refused by
+        # the runner for this stage (its reducer only arms in the wrapper's forward)
+        core = self.accelerator.unwrap_model(model)
+        loss = core.gen_loss(inputs["input_ids"], inputs["attention_mask"], inputs["gen_images"])
+        return (loss, {"loss": loss}) if return_outputs else loss
+
     def create_optimizer(self, model=None):
         if self.optimizer is None and self._mllm_param_groups is not None:
             groups = [{k: v for k, v in g.items() if k != "name"} for g in self._mllm_param_groups]

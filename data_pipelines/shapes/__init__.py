@@ -6,7 +6,8 @@
     manifest = make_shapes("data/shapes", seed=0, n_train=2000, n_test=200)
 
 Images of 1-4 flat-coloured shapes (5 kinds, 6 colours, 2 sizes, 5 positions) on a light background,
-48-400 px with aspect ratios from 1:3 to 3:1, some with a short text label. Written into ``out_dir``:
+96-400 px long side with aspect ratios from 1:3 to 3:1 (shapes and labels sized in patches of the tiny model's
+AnyRes canvas, see scene.py), some with a short text label. Written into ``out_dir``:
 
     images/{train,test}/*.png           scenes_{train,test}.jsonl (what is in each image, with pixel boxes)
     captions_train.json                 stage 1: LLaVA JSON, "<image>" -> short caption
@@ -18,6 +19,7 @@ Images of 1-4 flat-coloured shapes (5 kinds, 6 colours, 2 sizes, 5 positions) on
     mmbench_dev.tsv, mmbench_test.tsv   VLMEvalKit MMBench layout with circular variants (test images)
     mmmu_validation.parquet, mmmu_test.parquet   HF MMMU schema, 1-3 images per question (test images)
     manifest.json                       files, counts, seed and vocabulary
+    gen_train.json, gen_test.json       the image head's prompt/picture pairs (``shapes/gen.py``), same sizes
 
 The same seed gives the same bytes. Train and test scenes are drawn from separate random streams and
 any test scene identical to a train scene is redrawn, so no image or scene is shared; every evaluation
@@ -39,6 +41,7 @@ from data_pipelines.shapes.tasks import (conversation, caption, dialog, image_qu
                                          pair_questions, text_only_questions)
 from data_pipelines.shapes import writers
 from data_pipelines.mmbench.prompt import build_mmbench_prompt
+from data_pipelines.shapes.gen import make_gen_data
 
 __all__ = ["make_shapes", "DEFAULT_TRAIN", "DEFAULT_TEST", "OUTPUTS"]
 
@@ -236,6 +239,8 @@ def make_shapes(out_dir: str, seed: int = 0, n_train: int = DEFAULT_TRAIN, n_tes
         "vocabulary": {"colours": list(COLOURS), "kinds": list(KINDS), "sizes": list(SIZES),
                        "positions": list(REGIONS)},
     }
+    # the image-generation head's prompt/picture pairs (gen_{train,test}.json, images/gen_*; see shapes/gen.py)
+    manifest["gen"] = make_gen_data(out_dir, seed=seed, n_train=n_train, n_test=n_test, overwrite=overwrite)
     with open(path("manifest.json"), "w", encoding="utf-8", newline="\n") as f:
         f.write(json.dumps(manifest, indent=2) + "\n")
     return manifest

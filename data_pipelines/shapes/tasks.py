@@ -25,9 +25,10 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from data_pipelines.shapes.scene import COLOURS, KINDS, LETTERS, PLURALS, REGIONS, SIZES, WORDS, Scene, Shape
 from data_pipelines.mmbench.extract import extract_choice
 from data_pipelines.mmbench.prompt import build_mmbench_prompt
+from data_pipelines.shapes.scene import (COLOURS, CORNERS, KINDS, LETTERS, PLURALS, REGIONS, SIZES, WORDS, Scene,
+                                         Shape, cell_rect)
 
 # official MMBench category -> its l2-category
 L2_OF: Dict[str, str] = {
@@ -92,7 +93,9 @@ def _unique_by(scene: Scene, attr: str) -> List[Shape]:
 def _label_fact(scene: Scene) -> str:
     label = scene.label
     what = "letter" if len(label.text) == 1 else "word"
-    return f"the {what} {label.text} is written in the {label.corner} corner"
+    if label.corner in CORNERS:
+        return f"the {what} {label.text} is written in the {label.corner} corner"
+    return f"the {what} {label.text} is written {PLACE[label.corner]}"  # an end cell of a line layout
 
 
 # ---- captions and descriptions -----------------------------------------------------------------------
@@ -275,6 +278,11 @@ def _distance(a: Shape, b: Shape) -> float:
     return math.dist(a.centroid, b.centroid)
 
 
+def _cell_distance(scene: Scene, a: Shape, b: Shape) -> float:
+    ra, rb = cell_rect(scene.width, scene.height, a.position), cell_rect(scene.width, scene.height, b.position)
+    return math.dist(((ra[0] + ra[2]) / 2, (ra[1] + ra[3]) / 2), ((rb[0] + rb[2]) / 2, (rb[1] + rb[3]) / 2))
+
+
 def _q_nearest(scene: Scene, rng: random.Random) -> Optional[Question]:
     if len(scene.shapes) < 3:
         return None
@@ -282,8 +290,12 @@ def _q_nearest(scene: Scene, rng: random.Random) -> Optional[Question]:
     rng.shuffle(targets)
     for a in targets:
         others = sorted((s for s in scene.shapes if s is not a), key=lambda s: _distance(a, s))
-        # A clear winner only: the nearest must be at most 0.8x as far as the runner-up.
-        if _distance(a, others[0]) <= 0.8 * _distance(a, others[1]):
+        # A clear winner only: the nearest must be at most 0.8x as far as the runner-up, both measured
+        # between the shapes' pixels and between their cells, so that the answer follows from which
+        # cells the shapes are in (what a coarse view perceives) and not from a few pixels of jitter.
+        by_cell = sorted(others, key=lambda s: _cell_distance(scene, a, s))
+        if (_distance(a, others[0]) <= 0.8 * _distance(a, others[1]) and by_cell[0] is others[0]
+                and _cell_distance(scene, a, by_cell[0]) <= 0.8 * _cell_distance(scene, a, by_cell[1])):
             return Question("nearest", f"Which shape is closest to the {a.name}?", others[0].name,
                             f"The {others[0].name} is closest to the {a.name}.",
                             tuple(s.name for s in others[1:]), "physical_relation",

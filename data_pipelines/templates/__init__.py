@@ -1,4 +1,5 @@
-"""Chat templates by exact name: ``plain``, ``vicuna_v1``, ``llama3``, ``chatml``.
+"""Chat templates by exact name: ``plain``, ``vicuna_v1``, ``vicuna_v1_short`` (no system prompt), ``llama3``,
+``chatml``.
 
     from data_pipelines.templates import get_template
     tpl = get_template("vicuna_v1")                    # or get_template("chatml", system="Be brief.")
@@ -19,9 +20,10 @@ from data_pipelines.templates.chatml import ChatMLTemplate
 from data_pipelines.templates.llama3 import Llama3Template
 from data_pipelines.templates.plain import PlainTemplate
 from data_pipelines.templates.vicuna_v1 import VicunaV1Template
+from data_pipelines.templates.vicuna_v1_short import VicunaV1ShortTemplate
 
 TEMPLATES: Registry[Type[ChatTemplate]] = Registry("chat template")
-for _cls in (PlainTemplate, VicunaV1Template, Llama3Template, ChatMLTemplate):
+for _cls in (PlainTemplate, VicunaV1Template, VicunaV1ShortTemplate, Llama3Template, ChatMLTemplate):
     TEMPLATES.add(_cls.name, _cls)
 
 
@@ -31,4 +33,4 @@ def get_template(name: str, system: Optional[str] = None) -> ChatTemplate:
 
 
 __all__ = ["TEMPLATES", "ChatTemplate", "Segment", "content_text", "get_template", "ChatMLTemplate",
-           "Llama3Template", "PlainTemplate", "VicunaV1Template"]
+           "Llama3Template", "PlainTemplate", "VicunaV1Template", "VicunaV1ShortTemplate"]

@@ -28,9 +28,12 @@ How a picture is read:
 
 Scores count prompted shapes: a prompted shape is matched for an attribute set when a detected component
 agrees on it, each component matching at most one prompted shape (maximum bipartite matching), so two
-prompted red shapes need two red components. ``colour_shape_accuracy`` needs colour AND kind,
-``position_accuracy`` colour, kind and position. ``count_accuracy`` is per image: as many components as
-prompted shapes.
+prompted red shapes need two red components. Each attribute is scored on its own (``colour_accuracy``,
+``shape_accuracy`` for the kind, ``position_accuracy`` for the cell), then in conjunctions:
+``colour_shape_accuracy`` (colour AND kind), ``colour_shape_position_accuracy`` (all three on one component).
+``count_accuracy`` is per image: as many components as prompted shapes. ``everything_accuracy`` is per image
+and is the honest one: every prompted shape drawn with its colour, kind and position AND nothing else drawn,
+so an extra blob, a missing or doubled shape, or a shape in the wrong region fails the whole prompt.
 """
 from __future__ import annotations
 
@@ -46,7 +49,7 @@ from data_pipelines.shapes.gen import gen_image_path, read_gen_json
 from data_pipelines.shapes.render import shape_mask
 from data_pipelines.shapes.scene import COLOURS, CORNERS, KINDS, REGIONS
 
-__all__ = ["detect_shapes", "check_image", "score_images", "calibrate", "to_uint8_hwc", "load_images",
+__all__ = ["detect_shapes", "check_image", "verdict", "score_images", "calibrate", "to_uint8_hwc", "load_images",
            "SCORE_KEYS", "MIN_AREA_FRACTION", "GRID"]
 
 MIN_AREA_FRACTION = 0.005   # 12 px at 48x48; the smallest large shape (a 12 px star) has 45 px
@@ -54,8 +57,8 @@ MIN_THRESHOLD = 30.0        # least RGB distance from the background that counts
 GRID = 16                   # template-matching resolution (finer than a 12 px shape: no detail is lost)
 TEMPLATE_SIDES = 4          # template box sizes tried per kind: the crop's longest side + 0..3 px
 TEMPLATE_BLURS = (0.0, 0.7, 1.0, 1.4)   # Gaussian radii (px) the templates are also drawn with
-SCORE_KEYS = ("colour_shape_accuracy", "colour_accuracy", "shape_accuracy", "position_accuracy",
-              "count_accuracy", "n_images")
+SCORE_KEYS = ("everything_accuracy", "colour_shape_accuracy", "colour_accuracy", "shape_accuracy",
+              "position_accuracy", "colour_shape_position_accuracy", "count_accuracy", "n_images")
 _PALETTE_NAMES = tuple(COLOURS)
 _PALETTE = np.array([COLOURS[c] for c in _PALETTE_NAMES], dtype=np.float64)  # (6, 3)
 _CELL_NAMES = {cell: name for name, cell in {**REGIONS, **CORNERS}.items()}
@@ -220,8 +223,8 @@ def _max_matching(n_left: int, n_right: int, ok: Callable[[int, int], bool]) -> 
 
 
 _CRITERIA: Dict[str, Tuple[str, ...]] = {
-    "colour": ("colour",), "shape": ("kind",), "colour_shape": ("colour", "kind"),
-    "position": ("colour", "kind", "position"),
+    "colour": ("colour",), "shape": ("kind",), "position": ("position",), "colour_shape": ("colour", "kind"),
+    "colour_shape_position": ("colour", "kind", "position"),
 }
 
 
@@ -230,7 +233,8 @@ def check_image(image: Any, shapes: Sequence[Mapping[str, str]],
     """Check one picture against its prompted ``shapes`` ([{"colour", "kind", "position"}, ...]).
 
     Returns {"n_prompted", "n_detected", "count": bool, "matched": {criterion: number of prompted shapes
-    matched} for criteria colour, shape, colour_shape, position, "correct": {criterion: all matched},
+    matched} for criteria colour, shape, position, colour_shape, colour_shape_position, "correct": {criterion:
+    all matched}, "everything": bool (all matched on colour, kind and position, and no other component),
     "detected": detect_shapes(...)}."""
     if not shapes:
         raise ValueError("check_image: no prompted shapes")
@@ -242,9 +246,24 @@ def check_image(image: Any, shapes: Sequence[Mapping[str, str]],
     matched = {name: _max_matching(len(shapes), len(found),
                                    lambda i, j, keys=keys: all(shapes[i][k] == found[j][k] for k in keys))
                for name, keys in _CRITERIA.items()}
-    return {"n_prompted": len(shapes), "n_detected": len(found), "count": len(found) == len(shapes),
+    count_ok = len(found) == len(shapes)
+    return {"n_prompted": len(shapes), "n_detected": len(found), "count": count_ok,
             "matched": matched, "correct": {k: v == len(shapes) for k, v in matched.items()},
-            "detected": found}
+            "everything": count_ok and matched["colour_shape_position"] == len(shapes), "detected": found}
+
+
+def verdict(result: Mapping[str, Any]) -> str:
+    """A short verdict for one ``check_image`` result: "ok", or what failed, e.g. "colour, count 3/2"."""
+    if result["everything"]:
+        return "ok"
+    n, fails = result["n_prompted"], []
+    for name, label in (("colour", "colour"), ("shape", "kind"), ("position", "position"),
+                        ("colour_shape_position", "binding")):
+        if result["matched"][name] < n:
+            fails.append(label)
+    if not result["count"]:
+        fails.append(f"count {result['n_detected']}/{n}")
+    return ", ".join(fails)
 
 
 def score_images(images: Sequence[Any], prompts_shapes: Sequence[Sequence[Mapping[str, str]]],
@@ -257,12 +276,13 @@ def score_images(images: Sequence[Any], prompts_shapes: Sequence[Sequence[Mappin
     if len(images) == 0:
         raise ValueError("score_images: no images")
     totals = dict.fromkeys(_CRITERIA, 0)
-    n_shapes = n_count = 0
+    n_shapes = n_count = n_everything = 0
     kind_hits = {k: [0, 0] for k in KINDS}
     for image, shapes in zip(images, prompts_shapes):
         r = check_image(image, shapes, min_area_fraction)
         n_shapes += r["n_prompted"]
         n_count += r["count"]
+        n_everything += r["everything"]
         for k in totals:
             totals[k] += r["matched"][k]
         if per_kind:
@@ -270,9 +290,9 @@ def score_images(images: Sequence[Any], prompts_shapes: Sequence[Sequence[Mappin
                 kind_hits[s["kind"]][1] += 1
                 kind_hits[s["kind"]][0] += any(d["colour"] == s["colour"] and d["kind"] == s["kind"]
                                                for d in r["detected"])
-    out: Dict[str, Any] = {f"{k}_accuracy": totals[k] / n_shapes for k in
-                           ("colour_shape", "colour", "shape", "position")}
+    out: Dict[str, Any] = {f"{k}_accuracy": totals[k] / n_shapes for k in _CRITERIA}
     out["count_accuracy"] = n_count / len(images)
+    out["everything_accuracy"] = n_everything / len(images)
     out["n_images"] = len(images)
     out = {k: out[k] for k in SCORE_KEYS}
     if per_kind:

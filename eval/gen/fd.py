@@ -27,8 +27,9 @@ from eval.gen.checker import load_images, score_images
 __all__ = ["tower_features", "frechet_distance", "fd_scores", "evaluate_generation", "as_float_nchw",
            "real_halves", "GENERATION_METRIC_KEYS"]
 
-GENERATION_METRIC_KEYS = ("colour_shape_accuracy", "colour_accuracy", "shape_accuracy", "position_accuracy",
-                          "count_accuracy", "fd", "fd_real_vs_real", "n_images")
+GENERATION_METRIC_KEYS = ("everything_accuracy", "colour_shape_accuracy", "colour_accuracy", "shape_accuracy",
+                          "position_accuracy", "colour_shape_position_accuracy", "count_accuracy", "fd",
+                          "fd_real_vs_real", "n_images")
 
 
 def as_float_nchw(images: Any) -> torch.Tensor:

@@ -15,6 +15,7 @@ import sys
 from typing import List, Optional
 
 import mllm.app.commands as commands  # only the package: each command imports its own dependencies
+from mllm.console import quiet_library_noise
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -41,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+
+    quiet_library_noise()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):

@@ -4,8 +4,9 @@ held-out prompts -> rule-based checker + Frechet distance in our tower's feature
     from mllm.app.demo_gen import GenPlan, run_gen_step
     row, metrics = run_gen_step("demo_out", "demo_out/data", "demo_out/instruct", GenPlan())
     # demo_out/gen/                      the gen stage's output (a checkpoint with the head; `mllm generate`)
-    # demo_out/generation_metrics.json   colour_shape_accuracy, ..., fd, fd_real_vs_real, timings, plan
-    # demo_out/generation_samples.png    the first held-out prompts' images, 8 per row (prompts in the json)
+    # demo_out/generation_metrics.json   everything_accuracy, colour_shape_accuracy, ..., fd, timings, plan
+    # demo_out/generation_samples.png    the first held-out prompts' images, each with its prompt and verdict
+    # demo_out/generation_loss.png       the gen stage's loss against steps
 
     python -m mllm.app.demo_gen --out /tmp/gen_demo --init-from demo_out/instruct [--quick]   # on its own
 
@@ -25,7 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from data_pipelines.shapes.gen import make_gen_data, read_gen_json
+from eval.gen.checker import check_image, verdict
 from eval.gen.fd import evaluate_generation
+from eval.gen.plots import save_loss_curve, save_sample_grid
 from mllm.model import MultimodalLM
 from train_stages.runner import run_stage
 from train_stages.specs import TrainConfig
@@ -34,6 +37,7 @@ log = logging.getLogger("mllm.app.demo")
 
 METRICS_FILE = "generation_metrics.json"
 GRID_FILE = "generation_samples.png"
+LOSS_FILE = "generation_loss.png"
 
 
 @dataclass
@@ -48,6 +52,7 @@ class GenPlan:
     lr: float = 2e-3
     max_steps: int = -1  # > 0: cap the stage (smoke runs)
     warmup_ratio: float = 0.05
+    log_every: int = 10  # steps between logged losses (metrics.jsonl, the loss plot)
     # the head: MetaQuery tokens and the DiT (tiny preset; README "Measured results" has what it reaches)
     gen_head: Dict[str, Any] = field(default_factory=lambda: {"num_queries": 16, "dit": {"preset": "tiny"}})
     sample_steps: int = 10
@@ -60,7 +65,7 @@ class GenPlan:
 
 
 QUICK_GEN = GenPlan(n_train=32, n_test=8, epochs=1.0, batch_size=8, max_steps=4, sample_steps=2, n_eval=8,
-                    grid_images=8)
+                    grid_images=8, log_every=1)
 
 
 def resolve_gen_plan(plan: Any = None) -> GenPlan:
@@ -76,9 +81,16 @@ def resolve_gen_plan(plan: Any = None) -> GenPlan:
 
 
 def ensure_gen_data(data_dir: str, plan: GenPlan) -> Tuple[str, str]:
-    """gen_train.json / gen_test.json in ``data_dir``, made (data_pipelines.shapes.gen) when absent."""
+    """gen_train.json / gen_test.json in ``data_dir`` (``mllm data make-shapes`` writes them with the world),
+    made again (data_pipelines.shapes.gen) when absent or of other sizes than the plan's."""
     train, test = os.path.join(data_dir, "gen_train.json"), os.path.join(data_dir, "gen_test.json")
-    if not (os.path.exists(train) and os.path.exists(test)):
+
+    def records(path: str) -> int:
+        with open(path) as f:
+            return len(json.load(f))
+
+    if not (os.path.exists(train) and os.path.exists(test)) or \
+            (records(train), records(test)) != (plan.n_train, plan.n_test):
         size = int(plan.gen_head.get("image_size", 48))
         make_gen_data(data_dir, seed=plan.seed, n_train=plan.n_train, n_test=plan.n_test, size=size,
                       max_shapes=plan.max_shapes, overwrite=True)
@@ -90,7 +102,7 @@ def gen_stage_config(out: str, init_from: str, train_json: str, plan: GenPlan):
         stage="gen", output_dir=os.path.join(out, "gen"), init_from=init_from,
         data=[{"path": train_json, "format": "gen"}], deepspeed="none", gen_head=dict(plan.gen_head),
         per_device_train_batch_size=plan.batch_size, learning_rate=plan.lr, num_train_epochs=plan.epochs,
-        max_steps=plan.max_steps, warmup_ratio=plan.warmup_ratio, logging_steps=10, save_steps=0,
+        max_steps=plan.max_steps, warmup_ratio=plan.warmup_ratio, logging_steps=plan.log_every, save_steps=0,
         seed=plan.seed, bf16=plan.bf16), source="demo:gen")
 
 
@@ -107,32 +119,12 @@ def sample_prompts(model, prompts: List[str], plan: GenPlan):
     return torch.cat(out)
 
 
-def save_grid(images, path: str, cols: int = 8, pad: int = 2, scale: int = 3) -> None:
-    """(N, 3, H, W) in [0, 1] -> one PNG, ``cols`` images per row on white, enlarged ``scale`` times (nearest
-    neighbour: the pixels stay as generated, just visible)."""
-    import numpy as np
-    from PIL import Image
-
-    n, _, h, w = images.shape
-    rows = (n + cols - 1) // cols
-    canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, dtype=np.uint8)
-    arr = (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)  # (N, H, W, 3)
-    for i in range(n):
-        r, c = divmod(i, cols)
-        y, x = pad + r * (h + pad), pad + c * (w + pad)
-        canvas[y:y + h, x:x + w] = arr[i]
-    grid = Image.fromarray(canvas, "RGB")
-    if scale > 1:
-        grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
-    grid.save(path)
-
-
 def run_gen_step(out: str, data_dir: str, init_from: str, plan: Any = None) -> Tuple[Dict, Dict]:
     """Train the head on ``init_from`` (an instruct-stage output), generate and score; returns the demo's
     summary row {"step", "seconds", "loss"} and the metrics written to ``out/generation_metrics.json``."""
     plan = resolve_gen_plan(plan)
     os.makedirs(out, exist_ok=True)
-    t0 = time.time()
+    t0, cpu0 = time.time(), time.process_time()
     train_json, test_json = ensure_gen_data(data_dir, plan)
     t_data = time.time() - t0
     summary = run_stage(gen_stage_config(out, init_from, train_json, plan))
@@ -148,22 +140,31 @@ def run_gen_step(out: str, data_dir: str, init_from: str, plan: Any = None) -> T
     t = time.time()
     metrics: Dict[str, Any] = dict(evaluate_generation(model, test_json, images))
     t_eval = time.time() - t
-    grid = images[:plan.grid_images]
-    save_grid(grid, os.path.join(out, GRID_FILE))
-    seconds = time.time() - t0
+    seconds = time.time() - t0  # the step's cost: training, sampling and scoring; the pictures below are extra
+    # CPU seconds of this process: on one thread what the wall time is on a quiet machine, whatever the load
+    cpu_seconds = time.process_time() - cpu0
+    n_grid = min(plan.grid_images, len(records))
+    verdicts = [verdict(check_image(images[i], records[i]["shapes"])) for i in range(n_grid)]
+    save_sample_grid(images[:n_grid], prompts[:n_grid], verdicts, os.path.join(out, GRID_FILE),
+                     title=f"held-out prompts: everything the prompt says {metrics['everything_accuracy']:.2f}, "
+                           f"colour+kind {metrics['colour_shape_accuracy']:.2f}")
+    save_loss_curve(os.path.join(out, "gen", "metrics.jsonl"), os.path.join(out, LOSS_FILE))
     metrics.update({
         "seconds": {"data": round(t_data, 1), "train": round(t_train, 1), "sample": round(t_sample, 1),
-                    "score": round(t_eval, 1), "total": round(seconds, 1)},
+                    "score": round(t_eval, 1), "total": round(seconds, 1), "cpu_total": round(cpu_seconds, 1),
+                    "load_avg": [round(v, 2) for v in os.getloadavg()]},
         "train": {"steps": summary["steps"], "mean_loss": summary["train_loss"],
                   "first_loss": summary.get("first_loss"), "last_loss": summary.get("last_loss")},
         "sampling": {"steps": plan.sample_steps, "cfg_scale": plan.cfg_scale, "seed": plan.seed},
         "model": os.path.join(out, "gen"), "gen_test": test_json, "grid": os.path.join(out, GRID_FILE),
-        "grid_prompts": prompts[:plan.grid_images], "plan": dataclasses.asdict(plan),
+        "loss_plot": os.path.join(out, LOSS_FILE), "grid_prompts": prompts[:n_grid], "grid_verdicts": verdicts,
+        "plan": dataclasses.asdict(plan),
     })
     with open(os.path.join(out, METRICS_FILE), "w") as f:
         json.dump(metrics, f, indent=2)
-    log.info("gen step: colour+shape accuracy %.3f, FD %.2f (real vs real %.2f), %.0f s",
-             metrics["colour_shape_accuracy"], metrics["fd"], metrics["fd_real_vs_real"], seconds)
+    log.info("gen step: everything the prompt says %.3f, colour+shape %.3f, FD %.2f (real vs real %.2f), %.0f s",
+             metrics["everything_accuracy"], metrics["colour_shape_accuracy"], metrics["fd"],
+             metrics["fd_real_vs_real"], seconds)
     # the last logged loss; a run shorter than one logging interval has only its mean
     loss = summary.get("last_loss", summary["train_loss"])
     row = {"step": "train + eval: gen (DiT head)", "seconds": seconds, "loss": loss}
@@ -190,7 +191,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise SystemExit(f"--set {item!r}: GenPlan has no field {key!r}")
         setattr(plan, key, json.loads(value))
     row, metrics = run_gen_step(args.out, args.data or os.path.join(args.out, "data"), args.init_from, plan)
-    print(json.dumps({k: v for k, v in metrics.items() if k not in ("plan", "grid_prompts")}, indent=2))
+    print(json.dumps({k: v for k, v in metrics.items() if k not in ("plan", "grid_prompts", "grid_verdicts")},
+                     indent=2))
     return 0
 
 

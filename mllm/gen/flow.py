@@ -27,14 +27,30 @@ def shift_timesteps(t: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * t / (1 + (shift - 1) * t)
 
 
-def sample_timesteps(n: int, *, mean: float = 0.0, std: float = 1.0, shift: float = 1.0,
+TIME_SAMPLINGS = ("logit_normal", "uniform")
+X0_MIN_T = 0.05  # x0 -> velocity divides by t: below this the division would amplify the x0 error without bound
+
+
+def sample_timesteps(n: int, *, mean: float = 0.0, std: float = 1.0, shift: float = 1.0, sampling: str = "logit_normal",
                      generator: Optional[torch.Generator] = None, device=None) -> torch.Tensor:
-    """(n,) training times: logit-normal t = sigmoid(N(mean, std^2)), then the optional SD3 shift."""
+    """(n,) training times: logit-normal t = sigmoid(N(mean, std^2)) (SD3) or uniform in [0, 1], then the
+    optional SD3 shift."""
     if std <= 0:
         raise ValueError(f"flow: std must be > 0, got {std}")
+    if sampling not in TIME_SAMPLINGS:
+        raise ValueError(f"flow: unknown timestep sampling {sampling!r}; known: {', '.join(TIME_SAMPLINGS)}")
     gen_device = generator.device if generator is not None else device
-    u = torch.randn(n, generator=generator, device=gen_device) * std + mean
-    return shift_timesteps(torch.sigmoid(u), shift).to(device)
+    if sampling == "uniform":
+        t = torch.rand(n, generator=generator, device=gen_device)
+    else:
+        t = torch.sigmoid(torch.randn(n, generator=generator, device=gen_device) * std + mean)
+    return shift_timesteps(t, shift).to(device)
+
+
+def velocity_from_x0(x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The velocity a clean-latent prediction implies: x_t = (1 - t) x0 + t noise gives v = (x_t - x0) / t
+    (t clamped at ``X0_MIN_T``)."""
+    return (x_t - x0) / _per_sample(t, x_t).clamp(min=X0_MIN_T)
 
 
 def _per_sample(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -49,11 +65,14 @@ def interpolate(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch
 
 def rectified_flow_loss(model_fn: ModelFn, x0: torch.Tensor, *, t: Optional[torch.Tensor] = None,
                         noise: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
-                        **timestep_kwargs) -> torch.Tensor:
-    """Mean squared error between model_fn(x_t, t) and the target velocity noise - x0 (a scalar).
+                        prediction: str = "velocity", **timestep_kwargs) -> torch.Tensor:
+    """Mean squared error of model_fn(x_t, t) against its target (a scalar): the velocity noise - x0 when
+    ``prediction`` is "velocity" (rectified flow), the clean latent x0 itself when it is "x0".
 
     ``t`` and ``noise`` are drawn (from ``generator`` when given) unless passed; ``timestep_kwargs``
-    (mean, std, shift) go to ``sample_timesteps``."""
+    (mean, std, shift, sampling) go to ``sample_timesteps``."""
+    if prediction not in ("velocity", "x0"):
+        raise ValueError(f"flow: unknown prediction {prediction!r}; known: velocity, x0")
     b = x0.shape[0]
     if noise is None:
         gen_device = generator.device if generator is not None else x0.device
@@ -63,8 +82,9 @@ def rectified_flow_loss(model_fn: ModelFn, x0: torch.Tensor, *, t: Optional[torc
     elif timestep_kwargs:
         raise ValueError(f"flow: timestep options {sorted(timestep_kwargs)} given together with explicit t")
     x_t = interpolate(x0, noise, t)
-    v = model_fn(x_t, t)
-    return F.mse_loss(v.float(), (noise - x0).float())
+    out = model_fn(x_t, t)
+    target = noise - x0 if prediction == "velocity" else x0
+    return F.mse_loss(out.float(), target.float())
 
 
 def guidance(v_cond: torch.Tensor, v_uncond: torch.Tensor, cfg_scale: float) -> torch.Tensor:

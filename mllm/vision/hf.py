@@ -118,13 +118,15 @@ def build_hf_tower(cfg: VisionConfig, kind: Optional[str] = None) -> HFVisionTow
             config = config_cls(**overrides)
         except (TypeError, ValueError) as e:
             raise ValueError(f"vision.config is not a valid {config_cls.__name__}: {e}") from None
+        config._attn_implementation = cfg.attn_implementation  # what from_pretrained's argument sets
         model = model_cls(config)
         loaded_norm = None
     else:
         config = config_cls.from_pretrained(cfg.name_or_path)
         _check_agrees(config, overrides, cfg.name_or_path)
         model, info = model_cls.from_pretrained(cfg.name_or_path, config=config, dtype=torch.float32,
-                                                output_loading_info=True)
+                                                output_loading_info=True,
+                                                attn_implementation=cfg.attn_implementation)
         loaded_norm = _preprocessor_norm(cfg.name_or_path)
     arch = arch_dict(model.config)
     mean, std = _pick_norm(norm, loaded_norm, default_mean, default_std)

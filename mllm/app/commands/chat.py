@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
     import sys
 
-    from transformers import set_seed
+    from mllm.console import seed_everything as set_seed  # lazy: CLI start-up
     from transformers.utils import logging as hf_logging
 
     # lazy: CLI start-up (see commands/__init__.py)

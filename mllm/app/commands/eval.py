@@ -44,6 +44,28 @@ def _options(args: argparse.Namespace) -> Dict[str, Any]:
     return {k: getattr(args, k) for k in ("split", "seed") if hasattr(args, k)}
 
 
+def load_eval_model(path: str, device: str = "cpu", bf16: bool = False):
+    """Our checkpoint, or a transformers Llava / LlavaNext directory (our export, a llava-hf checkpoint)
+    read through ``mllm import``'s converter, so both are prompted and decoded by the same harness."""
+    from eval.runner import load_model  # lazy: CLI start-up
+    from mllm.config import CONFIG_NAME  # lazy: CLI start-up
+
+    if os.path.isfile(os.path.join(path, CONFIG_NAME)) or not os.path.isfile(os.path.join(path, "config.json")):
+        return load_model(path, device=device, bf16=bf16)
+    import torch
+
+    from ..export.importer import import_llava  # lazy: CLI start-up
+
+    logging.getLogger("mllm.eval").info("%s is a transformers checkpoint: converting it in memory", path)
+    model = import_llava(path)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is available here")
+    if device == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    model = model.to(device)
+    return (model.to(torch.bfloat16) if bf16 else model).eval()
+
+
 def run_model_predictions(args: argparse.Namespace, rows: Any = None) -> Optional[Mapping[Union[int, str], str]]:
     """Predictions of the checkpoint ``args.model`` on ``rows`` (loaded from ``args.data`` when None):
     ``{index or id: response}`` on rank 0, None on the other ranks (they have nothing left to do).
@@ -53,7 +75,7 @@ def run_model_predictions(args: argparse.Namespace, rows: Any = None) -> Optiona
     """
     # here, not at the top: the runner imports torch and the model stack, which `mllm --help` and scoring
     # someone else's predictions do not need (CLI start-up time)
-    from eval.runner import BatchGenerator, init_distributed, load_model, model_fingerprint
+    from eval.runner import BatchGenerator, init_distributed, model_fingerprint
 
     bench: Benchmark = BENCHMARKS.get(args.benchmark)
     ctx = init_distributed()
@@ -61,7 +83,7 @@ def run_model_predictions(args: argparse.Namespace, rows: Any = None) -> Optiona
     _setup_logging(ctx.rank)
     if rows is None:
         rows = bench.load(args.data, _options(args))
-    model = load_model(args.model, device=args.device, bf16=args.bf16)
+    model = load_eval_model(args.model, device=args.device, bf16=args.bf16)
     generator = BatchGenerator(model, max_new_tokens=args.max_new_tokens)
     dtype = str(model.llm.get_input_embeddings().weight.dtype).replace("torch.", "")
     # what must match for a rerun to resume this directory's predictions (batch size and ranks need not)

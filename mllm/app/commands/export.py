@@ -21,7 +21,9 @@ written with their own modeling code (load with trust_remote_code=True). A peft 
 checkpoint is merged first. The chosen path is printed.
 
 --verify loads the export with plain transformers in a fresh process, runs the same image and prompt through
-both models and fails unless the fp32 logits agree within 1e-4 and 16 greedy tokens are identical."""
+both models and fails unless the fp32 logits agree within 1e-4 and 16 greedy tokens are identical; for a model
+with an image-generation head it also samples two prompts on both sides from one seed and fails unless the
+images are identical."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weight precision to write (default: the checkpoint's)")
     parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default: 5GB)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    parser.add_argument("--scores", action="append", default=[], metavar="SCORES_JSON",
+                        help="an `mllm eval` scores.json to list in the model card (repeatable)")
     parser.add_argument("--verify-python", default=None,
                         help="interpreter for the transformers side of --verify (e.g. a venv with 4.57)")
 
@@ -47,6 +51,6 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("transformers").setLevel(logging.ERROR)
     report = export_model(args.model, args.out, verify=args.verify, path=args.path,
                           dtype=resolve_dtype(args.dtype), max_shard_size=args.max_shard_size,
-                          overwrite=args.overwrite, verify_python=args.verify_python)
+                          overwrite=args.overwrite, verify_python=args.verify_python, scores=args.scores)
     print(f"exported {args.model} -> {args.out} ({report.config['architectures'][0]})")
     return 0

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 NAME = "train"
-HELP = "run a training stage (encoder | align | multitask | instruct | gen)"
+HELP = "run a training stage (encoder | text | align | multitask | instruct | gen)"
 DESCRIPTION = """Run a training stage from a YAML config.
 
   mllm train --stage align --config align.yaml

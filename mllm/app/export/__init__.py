@@ -16,13 +16,14 @@ Which path a model takes (printed, and in ``report.path``):
                           checkpoint with its own modeling code and ``auto_map``, loaded with
                           ``trust_remote_code=True`` (``mllm.app.export.remote``); ``report.reason`` says why
 LoRA adapters are merged first. ``verify=True`` checks the export in a fresh transformers-only process
-(``mllm.app.export.verify``).
+(``mllm.app.export.verify``), and for a model with an image-generation head also that the export draws the
+same pixels for a seed (``mllm.app.export.remote.verify_gen_export``).
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 
@@ -32,9 +33,12 @@ from mllm.llm import resolve_dtype
 
 from .common import CHAT_TEMPLATE_FILE, load_for_export, merge_lora_if_any
 from .llava import export_llava, native_blocker
-from .remote import REMOTE_FILES, export_remote
+from .model_card import CARD_FILE
+from .remote import GEN_FILES, REMOTE_FILES, export_remote
 from .towers import NotConvertible, export_vision_tower
 from .verify import verify_export
+from .model_card import write_model_card
+from .remote import verify_gen_export
 
 PATHS = ("auto", "native", "remote")
 
@@ -46,6 +50,7 @@ class ExportReport:
     reason: Optional[str]      # why not native (remote path), else None
     config: Dict[str, Any]
     verify: Any = None         # VerifyResult when verified
+    gen_verify: Optional[Dict[str, Any]] = None   # verify_gen_export's result for a model with a gen head
 
 
 def choose_path(model, force: str = "auto"):
@@ -68,12 +73,14 @@ def choose_path(model, force: str = "auto"):
 
 def export_model(source, out_dir: str, *, verify: bool = False, path: str = "auto",
                  dtype: Optional[torch.dtype] = None, max_shard_size="5GB", overwrite: bool = False,
-                 verify_python: Optional[str] = None, log: Optional[Callable[[str], None]] = print) -> ExportReport:
+                 verify_python: Optional[str] = None, log: Optional[Callable[[str], None]] = print,
+                 scores: Sequence[str] = ()) -> ExportReport:
     """Export an mllm model (a ``MultimodalLM`` or a checkpoint directory) to a transformers checkpoint.
 
     ``path`` forces "native" or "remote" ("auto": native when possible). ``dtype`` is the precision written
     (default: the checkpoint's / the LLM's). A ``MultimodalLM`` whose LLM is LoRA-wrapped is merged in place.
-    ``verify_python`` runs the verification's transformers side with another interpreter.
+    ``verify_python`` runs the verification's transformers side with another interpreter. A model card
+    (``README.md``: parts, training stages, ``scores`` files, how to load and serve) is written beside it.
     """
     _check_out_dir(out_dir, overwrite)
     if isinstance(source, (str, os.PathLike)):
@@ -95,17 +102,28 @@ def export_model(source, out_dir: str, *, verify: bool = False, path: str = "aut
         config = export_remote(model, out_dir, conv, **kwargs)
     else:
         config = export_llava(model, conv, out_dir, **kwargs)
+
+    write_model_card(model, out_dir, route, source=str(source) if isinstance(source, (str, os.PathLike)) else None,
+                     scores=scores)
     report = ExportReport(out_dir=out_dir, path=route, reason=reason, config=config)
     if verify:
         report.verify = verify_export(model, out_dir, python=verify_python)
         if log:
             log(report.verify.summary())
+        if getattr(model, "gen_head", None) is not None:  # the generation path too: the same pixels for a seed
+
+            report.gen_verify = verify_gen_export(model, out_dir, python=verify_python)
+            if log:
+                log(f"verify gen: images identical to the source model's ({report.gen_verify['shape']}, seed "
+                    f"{report.gen_verify['seed']}, {report.gen_verify['steps']} steps, max |diff| "
+                    f"{report.gen_verify['max_abs_diff']:.1e})")
     return report
 
 
 def _remove_stale(out_dir: str) -> None:
     # files of an earlier export that this one may not rewrite (its code files, an old chat template)
-    for name in REMOTE_FILES + (CHAT_TEMPLATE_FILE,):
+    # the gen head's copied files (dit.py, ...) too: a native export over a remote one must not leave them
+    for name in REMOTE_FILES + GEN_FILES + (CHAT_TEMPLATE_FILE, CARD_FILE):
         if os.path.isfile(os.path.join(out_dir, name)):
             os.remove(os.path.join(out_dir, name))
 

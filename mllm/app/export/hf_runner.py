@@ -18,6 +18,13 @@ import json
 import sys
 
 
+def processor_kwargs(transformers_version: str) -> dict:
+    """How to ask ``AutoProcessor.from_pretrained`` for the PIL image backend, the pixels training used:
+    5.x picks torchvision whenever it is importable (its resize differs, up to 0.015 per pixel) and honours
+    ``backend="pil"``; 4.x honours ``use_fast=False``. The model card and the README show this same call."""
+    return {"backend": "pil"} if int(transformers_version.split(".")[0]) >= 5 else {"use_fast": False}
+
+
 def run_job(job: dict) -> dict:
     """One export: load, forward, generate; writes job["out"] and returns what was run."""
     import torch
@@ -28,8 +35,8 @@ def run_job(job: dict) -> dict:
 
     major = int(transformers.__version__.split(".")[0])
     trust = bool(job.get("trust_remote_code"))
-    backend = {"backend": "pil"} if major >= 5 else {"use_fast": False}
-    processor = AutoProcessor.from_pretrained(job["model"], trust_remote_code=trust, **backend)
+    processor = AutoProcessor.from_pretrained(job["model"], trust_remote_code=trust,
+                                              **processor_kwargs(transformers.__version__))
     dtype = {"dtype": torch.float32} if major >= 5 else {"torch_dtype": torch.float32}
     model = AutoModelForImageTextToText.from_pretrained(job["model"], trust_remote_code=trust, **dtype).eval()
     image = Image.open(job["image"]).convert("RGB")

@@ -18,7 +18,7 @@ and an ``AutoModelForCausalLM`` (``language_model.*``, lm_head always written so
 
 A model with an image-generation head (``gen_head``) takes this path too: ``extra_heads["gen"]`` holds the
 head's config, its weights keep their names under ``gen_head.*``, and ``gen_head_mllm.py`` (with mllm's own
-``dit.py`` and ``flow.py``, copied verbatim: they import only torch) gives the exported model
+``dit.py``, ``flow.py`` and ``condition.py``, copied verbatim: they import only torch) gives the exported model
 ``generate_images(prompt_ids, attention_mask, steps, cfg_scale, generator)``. ``verify_gen_export`` checks in a
 fresh transformers process that it draws the same pixels as ``MultimodalLM.generate_images`` for a seed.
 
@@ -45,7 +45,7 @@ REMOTE_CODE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "remo
 REMOTE_FILES = ("configuration_mllm.py", "modeling_mllm.py", "processing_mllm.py", "anyres_mllm.py",
                 "vision_open_clip.py", "gen_head_mllm.py")
 GEN_DIR = os.path.dirname(os.path.abspath(mllm.gen.__file__))
-GEN_FILES = ("dit.py", "flow.py")  # mllm/gen's torch-only files, copied verbatim next to gen_head_mllm.py
+GEN_FILES = ("dit.py", "flow.py", "condition.py")  # mllm/gen's torch-only files, copied next to gen_head_mllm.py
 MODEL_CLASS = "modeling_mllm.MllmForConditionalGeneration"
 AUTO_MAP = {
     "AutoConfig": "configuration_mllm.MllmConfig",
