@@ -31,7 +31,6 @@ def geometry_for_config(cfg: Any):
     """The ``ImageGeometry`` a model built from ``cfg`` would have, from the configs alone (no weights)."""
     from transformers import CLIPVisionConfig, SiglipVisionConfig
 
-
     kinds = {"hf_clip": (CLIPVisionConfig, True), "hf_siglip": (SiglipVisionConfig, False)}
     if cfg.vision.kind not in kinds:
         raise ValueError(f"vision.kind {cfg.vision.kind!r}: token counts need the built tower; pass --model CKPT")

@@ -35,13 +35,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from data_pipelines.image_processor import AnyResImageProcessor
 from data_pipelines.shapes.patches import (HEADS, TEXTS, PatchHeads, cell_assignment, cell_targets, layout_cells,
                                            pool_cells)
 from data_pipelines.shapes.render import render_scene
 from data_pipelines.shapes.scene import (COLOURS, KINDS, REGIONS, SIZES, Scene, cell_rect, label_places_of,
                                          positions_of, sample_scene, scene_rng)
 from data_pipelines.shapes.tasks import L2_OF, image_questions, join_words, article
-from data_pipelines.image_processor import AnyResImageProcessor
 from mllm.model import MultimodalLM
 from mllm.presets import get_preset
 
@@ -193,7 +193,6 @@ def score(features_fn, heads: PatchHeads, scenes: Sequence[Scene], processor, pa
 
 # ---- the probe ----------------------------------------------------------------------------------------
 def _tower_and_processor(tower: str, seed: int):
-
     torch.manual_seed(seed)
     if tower in ("random", "train"):
         model = MultimodalLM.build(get_preset("tiny"))

@@ -42,12 +42,12 @@ from tqdm.auto import tqdm
 from data_pipelines.image_processor import AnyResImageProcessor
 from data_pipelines.images import load_image
 from data_pipelines.processor import MultimodalProcessor
+from data_pipelines.shapes.patches import (HEADS, PatchHeads, cell_assignment, cell_targets, patch_targets,
+                                           pool_cells)
+from data_pipelines.shapes.scene import Scene
 from mllm.config import apply_overrides
 from mllm.model import MultimodalLM
 from mllm.presets import get_preset
-from data_pipelines.shapes.scene import Scene
-from data_pipelines.shapes.patches import (HEADS, PatchHeads, cell_assignment, cell_targets, patch_targets,
-                                           pool_cells)
 
 log = logging.getLogger("mllm.train")
 

@@ -18,6 +18,7 @@ import typing
 from typing import Any, Dict, Optional, Set
 
 import torch
+
 from mllm import typed
 
 # set by the runner from our own fields (or required for our data path); a pass-through value would break it

@@ -22,9 +22,10 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
+from mllm import typed
 from mllm.modules import MODULES
 from mllm.registry import Registry
-from mllm import typed
+
 from .hf_args import split_training_args
 
 MODES = ("frozen", "full", "lora", "qlora")
@@ -178,8 +179,6 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any], source: str = "<config>") -> "TrainConfig":
-
-
         data = split_training_args(_normalise(data), ours={f.name for f in dataclasses.fields(cls)}, where=source)
         for req in ("stage", "output_dir"):
             if not data.get(req):

@@ -37,11 +37,12 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
-from data_pipelines.shapes.scene import Scene
-from data_pipelines.shapes.tasks import describe, dialog
-from data_pipelines.records import Record
+
 from data_pipelines.collate import PackingCollator, PaddingCollator
 from data_pipelines.processor import MultimodalProcessor
+from data_pipelines.records import Record
+from data_pipelines.shapes.scene import Scene
+from data_pipelines.shapes.tasks import describe, dialog
 from mllm.config import apply_overrides
 from mllm.model import MultimodalLM
 from mllm.presets import get_preset
@@ -76,7 +77,6 @@ class TextPretrainConfig:
 
 
 def load_scenes(path: str):
-
     scenes = []
     with open(path) as f:
         for n, line in enumerate(f, start=1):
@@ -102,12 +102,10 @@ def context_messages(scene, rng: random.Random, max_turns: int, context: bool = 
 
 
 def describe_messages(scene) -> List[Dict[str, str]]:
-
     return [{"role": "user", "content": DESCRIBE_PROMPT}, {"role": "assistant", "content": describe(scene)}]
 
 
 def text_sample(builder, scene, rng: random.Random, cfg: TextPretrainConfig, idx: int):
-
     if rng.random() < cfg.describe_probability:
         msgs = describe_messages(scene)
     else:
@@ -146,7 +144,6 @@ def first_answer_accuracy(llm, builder, collate, scenes: Sequence, seed: int, co
 
 
 def text_pretrain(cfg: TextPretrainConfig, progress: bool = True) -> dict:
-
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)

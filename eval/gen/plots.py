@@ -14,6 +14,7 @@ import textwrap
 from typing import Any, List, Sequence, Tuple
 
 import numpy as np
+
 from eval.gen.checker import to_uint8_hwc
 
 __all__ = ["save_sample_grid", "save_loss_curve", "read_loss_curve"]

@@ -42,7 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-
     quiet_library_noise()
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -23,12 +23,12 @@ from data_pipelines.shapes import make_shapes
 from mllm.app.chat import ChatSession, load_backend
 from mllm.app.cli import main as cli
 from mllm.app.demo_gen import run_gen_step
+from mllm.app.demo_report import blank_mmbench_tsv, plot_categories, plot_learning_curves, read_loss_curve
 from mllm.app.export import export_model
 from train_stages.encoder_pretrain import EncoderPretrainConfig, pretrain_encoder
 from train_stages.runner import run_stage
 from train_stages.specs import TrainConfig
 from train_stages.text_pretrain import TextPretrainConfig, text_pretrain
-from mllm.app.demo_report import blank_mmbench_tsv, plot_categories, plot_learning_curves, read_loss_curve
 
 log = logging.getLogger("mllm.app.demo")
 

@@ -33,12 +33,10 @@ from mllm.llm import resolve_dtype
 
 from .common import CHAT_TEMPLATE_FILE, load_for_export, merge_lora_if_any
 from .llava import export_llava, native_blocker
-from .model_card import CARD_FILE
-from .remote import GEN_FILES, REMOTE_FILES, export_remote
+from .model_card import CARD_FILE, write_model_card
+from .remote import GEN_FILES, REMOTE_FILES, export_remote, verify_gen_export
 from .towers import NotConvertible, export_vision_tower
 from .verify import verify_export
-from .model_card import write_model_card
-from .remote import verify_gen_export
 
 PATHS = ("auto", "native", "remote")
 
