@@ -42,7 +42,8 @@ from data_pipelines.collate import PackingCollator, PaddingCollator
 from data_pipelines.processor import MultimodalProcessor
 from data_pipelines.records import Record
 from data_pipelines.shapes.scene import Scene
-from data_pipelines.shapes.tasks import describe, dialog
+from data_pipelines.shapes.tasks import describe
+from data_pipelines.shapes.turns import dialog
 from mllm.config import apply_overrides
 from mllm.model import MultimodalLM
 from mllm.presets import get_preset

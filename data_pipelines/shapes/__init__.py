@@ -37,8 +37,9 @@ from tqdm import tqdm
 
 from data_pipelines.shapes.render import render_scene, save_png
 from data_pipelines.shapes.scene import COLOURS, KINDS, REGIONS, SIZES, Scene, sample_scene, scene_key, scene_rng
-from data_pipelines.shapes.tasks import (conversation, caption, dialog, image_questions, mc_row, mmmu_item,
-                                         pair_questions, text_only_questions)
+from data_pipelines.shapes.mmmu_items import mmmu_item
+from data_pipelines.shapes.tasks import caption, image_questions, pair_questions, text_only_questions
+from data_pipelines.shapes.turns import conversation, dialog, mc_row
 from data_pipelines.shapes import writers
 from data_pipelines.mmbench.prompt import build_mmbench_prompt
 from data_pipelines.shapes.gen import make_gen_data

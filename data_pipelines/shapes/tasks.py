@@ -4,9 +4,7 @@
     caption(scene, rng)                 # "a red circle and a blue square."
     describe(scene)                     # "The image shows two shapes on a light background: ..."
     qs = image_questions(scene, rng)    # one Question per applicable type, targets drawn at random
-    row = mc_row(qs[0], rng)            # {"question", "hint", "A".."D", "answer", "category", "l2-category"}
-    conversation(scene, rng)            # 2-3 (human, assistant) turns for stage 3
-    pair_questions(scene_a, scene_b, rng), text_only_questions(rng), mmmu_item(scenes, rng)
+    pair_questions(scene_a, scene_b, rng), text_only_questions(rng)   # MMMU items: shapes.mmmu_items
 
 Every question is unambiguous by construction: a shape is named "the red circle" (colour-kind pairs are
 unique in a scene), "the circle" only when it is the only circle; left/right/above/below are asked only
@@ -14,7 +12,7 @@ where the two shapes' pixel extents do not overlap along that axis, "which is bi
 classes with 1.5x the pixels, "closest" only with a clear winner. Short answers use the closed vocabulary
 (colour, kind, size and position words, digits, yes/no, the label text); ``sentence`` is the same fact as
 a sentence for the multi-turn instruction data. Multiple-choice questions carry an official MMBench
-category; their options are the answer plus distractors, sampled into A-D by :func:`mc_row`.
+category; their options are the answer plus distractors, sampled into A-D by ``shapes.turns.mc_row``.
 """
 from __future__ import annotations
 
@@ -25,8 +23,6 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from data_pipelines.mmbench.extract import extract_choice
-from data_pipelines.mmbench.prompt import build_mmbench_prompt
 from data_pipelines.shapes.scene import (COLOURS, CORNERS, KINDS, LETTERS, PLURALS, REGIONS, SIZES, WORDS, Scene,
                                          Shape, cell_rect)
 
@@ -351,83 +347,6 @@ def image_questions(scene: Scene, rng: random.Random) -> List[Question]:
     return out
 
 
-def mc_row(q: Question, rng: random.Random, hint_probability: float = 0.25) -> Dict[str, str]:
-    """An MMBench row (question, hint, A-D, answer, category, l2-category) with 2-4 shuffled options.
-    Letters past the number of options are empty strings, as in the official TSVs."""
-    if not q.is_mc:
-        raise ValueError(f"tasks.mc_row: question type {q.type!r} has no multiple-choice form")
-    k = rng.randint(2, min(4, 1 + len(q.distractors)))
-    options = [q.answer] + rng.sample(list(q.distractors), k - 1)
-    rng.shuffle(options)
-    row = {"question": q.question, "hint": q.hint if q.hint and rng.random() < hint_probability else ""}
-    for i, letter in enumerate(LETTERS_ABCD):
-        row[letter] = options[i] if i < k else ""
-    row["answer"] = LETTERS_ABCD[options.index(q.answer)]
-    row["category"], row["l2-category"] = q.category, L2_OF[q.category]
-    return row
-
-
-DESCRIBE_PROMPTS = ("Describe the image.", "What do you see in this image?",
-                    "Describe the shapes in the picture.", "Tell me about this image.")
-SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
-
-
-def conversation(scene: Scene, rng: random.Random) -> List[Tuple[str, str]]:
-    """2-3 (human, assistant) turns about one image, without the <image> token.
-
-    Turns mix a full description, questions answered with a sentence, questions with LLaVA's
-    single-word suffix answered briefly, and MMBench-format multiple choice answered with the option's text;
-    the suffix is what tells the model which answer length is wanted.
-    """
-    n_turns = rng.choice((2, 3))
-    turns: List[Tuple[str, str]] = []
-    if rng.random() < 0.5:
-        turns.append((rng.choice(DESCRIBE_PROMPTS), describe(scene)))
-    questions = image_questions(scene, rng)
-    rng.shuffle(questions)
-    for q in questions[: n_turns - len(turns)]:
-        style = rng.random()
-        if q.is_mc and style < 0.2:  # answered with the option's text, as in dialog()
-            row = mc_row(q, rng)
-            turns.append((build_mmbench_prompt(row), mc_text_answer(row)))
-        elif style < 0.7:
-            turns.append((q.question, q.sentence))
-        else:
-            turns.append((f"{q.question}\n{SHORT_ANSWER_SUFFIX}", q.answer))
-    return turns
-
-
-
-def mc_text_answer(row: Dict[str, str]) -> str:
-    """The right option's text, or its letter where the harness would read that text as another letter
-    (an OCR label "B" offered as option C)."""
-    text = row[row["answer"]]
-    options = {c: row[c] for c in LETTERS_ABCD if row.get(c)}
-    return text if extract_choice(text, options) == row["answer"] else row["answer"]
-
-
-def dialog(scene: Scene, rng: random.Random, mc_probability: float = 0.7) -> List[Tuple[str, str]]:
-    """Every applicable question about one image as one multi-turn dialog (stage-2 "dense" data).
-
-    One image's tokens then carry a dozen supervised answers instead of one, which is what lets a small
-    model learn to ground words in image features within minutes on a CPU. Questions with a
-    multiple-choice form are asked in the MMBench prompt format with probability ``mc_probability`` and
-    answered with the option's *text*: the MMBench harness reads such answers back to a letter with
-    VLMEvalKit's exact matching (``data_pipelines.mmbench.extract.can_infer_text``), and a tiny model learns
-    "say what is true" long before it learns to point at a letter.
-    """
-    questions = image_questions(scene, rng)
-    rng.shuffle(questions)
-    turns: List[Tuple[str, str]] = []
-    for q in questions:
-        if q.is_mc and rng.random() < mc_probability:
-            row = mc_row(q, rng)
-            turns.append((build_mmbench_prompt(row), mc_text_answer(row)))
-        else:
-            turns.append((q.question, q.answer))
-    return turns
-
-# ---- two images, no image --------------------------------------------------------------------------
 def pair_questions(a: Scene, b: Scene, rng: random.Random) -> List[Question]:
     """Questions about two images shown together (first, then second)."""
     na, nb = len(a.shapes), len(b.shapes)
@@ -456,119 +375,3 @@ def text_only_questions(rng: random.Random) -> List[Question]:
         Question("word_kind", f"Is {word} a colour or a shape?", "colour" if is_colour else "shape",
                  f"{word.capitalize()} is a {'colour' if is_colour else 'shape'}."),
     ]
-
-
-# ---- MMMU-style items over 1-3 images ----------------------------------------------------------------
-@dataclass(frozen=True)
-class MMMUItem:
-    subject: str                # a real MMMU subject name
-    subfield: str
-    question: str               # with <image 1> ... placeholders, one per scene
-    options: Tuple[str, ...]    # empty for open questions
-    answer: str                 # letter (multiple choice), text, or a str(list) of acceptable texts
-    explanation: str
-    scenes: Tuple[Scene, ...]
-    difficulty: str
-
-    @property
-    def question_type(self) -> str:
-        return "multiple-choice" if self.options else "open"
-
-
-# MMMU subject -> (its discipline, the subfield used here)
-MMMU_SUBJECTS = {"Math": ("Science", "Geometry"), "Design": ("Art and Design", "Graphic Design"),
-                 "Computer_Science": ("Tech and Engineering", "Artificial Intelligence")}
-_DIFFICULTY = {1: "Easy", 2: "Medium", 3: "Hard"}
-
-
-def _mc(options: List[str], answer: str, rng: random.Random) -> Tuple[Tuple[str, ...], str]:
-    rng.shuffle(options)
-    return tuple(options), LETTERS_ABCD[options.index(answer)]
-
-
-def _mmmu_total(scenes: Sequence[Scene], rng: random.Random) -> Optional[MMMUItem]:
-    a, b = scenes[:2]
-    total = len(a.shapes) + len(b.shapes)
-    # Like MMMU, some open answers list every acceptable spelling.
-    answer = str([str(total), NUMBER_WORDS[total]]) if rng.random() < 0.3 else str(total)
-    return MMMUItem("Math", MMMU_SUBJECTS["Math"][1],
-                    "<image 1> and <image 2> each show some shapes. "
-                    "How many shapes are there in total in the two images?", (), answer,
-                    f"<image 1> has {len(a.shapes)} and <image 2> has {len(b.shapes)}: {total} in total.",
-                    (a, b), _DIFFICULTY[2])
-
-
-def _mmmu_kind_count(scenes: Sequence[Scene], rng: random.Random) -> Optional[MMMUItem]:
-    trio = scenes[:3]
-    kind = rng.choice(sorted({s.kind for sc in trio for s in sc.shapes}))
-    n = sum(s.kind == kind for sc in trio for s in sc.shapes)
-    marks = ", ".join(f"<image {i}>" for i in range(1, len(trio))) + f" and <image {len(trio)}>"
-    return MMMUItem("Math", MMMU_SUBJECTS["Math"][1],
-                    f"How many {PLURALS[kind]} are there in {marks} together?", (), str(n),
-                    f"Counting {PLURALS[kind]} in every image gives {n}.", tuple(trio), _DIFFICULTY[len(trio)])
-
-
-def _mmmu_common_colour(scenes: Sequence[Scene], rng: random.Random) -> Optional[MMMUItem]:
-    a, b = scenes[:2]
-    common = {s.colour for s in a.shapes} & {s.colour for s in b.shapes}
-    if len(common) != 1:
-        return None
-    answer = common.pop()
-    wrong = [c for c in COLOURS if c != answer]
-    options, letter = _mc([answer] + rng.sample(wrong, 3), answer, rng)
-    return MMMUItem("Design", MMMU_SUBJECTS["Design"][1],
-                    "Which colour is used in both <image 1> and <image 2>?", options, letter,
-                    f"Only {answer} appears in both images.", (a, b), _DIFFICULTY[2])
-
-
-def _mmmu_colour_of(scenes: Sequence[Scene], rng: random.Random) -> Optional[MMMUItem]:
-    shapes = _unique_by(scenes[0], "kind")
-    if not shapes:
-        return None
-    s = rng.choice(shapes)
-    options, letter = _mc([s.colour] + rng.sample([c for c in COLOURS if c != s.colour], 3), s.colour, rng)
-    return MMMUItem("Design", MMMU_SUBJECTS["Design"][1], f"What colour is the {s.kind} in <image 1>?",
-                    options, letter, f"The {s.kind} is {s.colour}.", (scenes[0],), _DIFFICULTY[1])
-
-
-def _mmmu_which_image(scenes: Sequence[Scene], rng: random.Random) -> Optional[MMMUItem]:
-    trio = scenes[:3]
-    if len(trio) < 3:
-        return None
-    names = [{s.name for s in sc.shapes} for sc in trio]
-    only = [(i, n) for i, ns in enumerate(names) for n in sorted(ns) if sum(n in o for o in names) == 1]
-    if not only:
-        return None
-    i, name = rng.choice(only)
-    ordinals = ["the first image", "the second image", "the third image"]
-    options, letter = _mc(list(ordinals), ordinals[i], rng)
-    return MMMUItem("Computer_Science", MMMU_SUBJECTS["Computer_Science"][1],
-                    f"Here are three images: <image 1>, <image 2> and <image 3>. "
-                    f"Which image contains {article(name)}?", options, letter,
-                    f"Only {ordinals[i]} contains {article(name)}.", tuple(trio), _DIFFICULTY[3])
-
-
-def _mmmu_ocr(scenes: Sequence[Scene], rng: random.Random) -> Optional[MMMUItem]:
-    labelled = [sc for sc in scenes if sc.label is not None]
-    if not labelled:
-        return None
-    sc = labelled[0]
-    return MMMUItem("Computer_Science", MMMU_SUBJECTS["Computer_Science"][1],
-                    "<image 1> What text is written in the image?", (), sc.label.text,
-                    f"The image reads {sc.label.text}.", (sc,), _DIFFICULTY[1])
-
-
-MMMU_MAKERS = (_mmmu_total, _mmmu_kind_count, _mmmu_common_colour, _mmmu_colour_of, _mmmu_which_image,
-               _mmmu_ocr)
-
-
-def mmmu_item(scenes: Sequence[Scene], rng: random.Random) -> Optional[MMMUItem]:
-    """One MMMU-style item about the first 1-3 of ``scenes`` (a random applicable kind), or None."""
-    makers = list(MMMU_MAKERS)
-    rng.shuffle(makers)
-    for make in makers:
-        if len(scenes) >= 2 or make in (_mmmu_colour_of, _mmmu_ocr):
-            item = make(scenes, rng)
-            if item is not None:
-                return item
-    return None
