@@ -73,12 +73,16 @@ def test_pool_cells_averages_each_cell_and_view():
 
 
 def test_privileged_probe_learns_far_above_a_random_tower():
-    """A reduced privileged check (the tiny tower trained on the metadata for 150 steps) against the same
-    readout on a frozen random tower: colour and emptiness are read almost perfectly, and the trained
-    tower answers more held-out questions."""
+    """A reduced privileged check (the tiny tower trained on the metadata, per cell and per patch, for 200
+    steps of a label-rich stream) against the same readout on a frozen random tower: colour and emptiness
+    are read almost perfectly, and the trained tower reads kinds and answers questions far better. (The
+    full check, every category >= 0.95, is the documented command in eval/perceivability.py.)"""
     torch.manual_seed(0)
-    trained = run_probe("train", steps=150, batch=8, n_test=80, progress=False)
+    trained = run_probe("train", steps=200, batch=8, n_test=80, progress=False, patch_weight=1.0,
+                        unlabelled_keep=0.25)
     rand = run_probe("frozen", tower="random", steps=150, n_train=120, n_test=80, progress=False)
+    print("trained", trained["accuracy"]["all"], trained["cell_accuracy"], trained["seconds"])
+    print("random", rand["accuracy"]["all"], rand["cell_accuracy"], rand["seconds"])
     assert trained["cell_accuracy"]["colour"] >= 0.9 and trained["cell_accuracy"]["empty"] >= 0.95, trained
     assert trained["accuracy"]["all"] > rand["accuracy"]["all"] + 0.03, (trained["accuracy"], rand["accuracy"])
     assert set(k for k in trained["accuracy"] if not k.startswith("l2:")) - {"all"} == set(L2_OF)
