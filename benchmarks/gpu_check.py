@@ -396,7 +396,11 @@ def run_isolated(name: str, argv: List[str], timeout: float) -> Dict[str, Any]:
         result = f.name
     cmd = [sys.executable, os.path.abspath(__file__), *argv, "--part", name, "--result", result]
     try:
-        proc = subprocess.run(cmd, timeout=timeout, stdout=sys.stderr, stderr=subprocess.STDOUT)
+        sink = sys.stderr.fileno()  # the child's output is progress: keep this process's stdout for the table
+    except (AttributeError, OSError):
+        sink = None
+    try:
+        proc = subprocess.run(cmd, timeout=timeout, stdout=sink, stderr=subprocess.STDOUT if sink else None)
         if os.path.getsize(result):
             with open(result) as f:
                 return json.load(f)
@@ -448,7 +452,7 @@ def print_report(results: Dict[str, Dict[str, Any]], spec: Dict[str, Any], args)
             util = flops.mfu(fl, m["seconds"], peak) if peak else None
             rows.append((name, layout, _fmt(tps), _fmt(util and 100 * util, ".1f", "%"), _fmt(m["peak_gib"]),
                          f"{100 * m['pad_fraction']:.0f}%", f"{m['real_tokens']} real tokens in "
-                         f"{m['seconds']:.2f}s, {fl / 1e12:.1f} TFLOP"))
+                         f"{m['seconds']:.2f}s, {fl / 1e12:.3g} TFLOP"))
         if "padded" in r and "packed" in r:
             ratio = r["padded"]["seconds"] / r["packed"]["seconds"]
             rows.append((name, "packed/padded", f"{ratio:.2f}x", "-", "-", "-", "same samples"))
@@ -475,8 +479,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         left = args.budget - (time.perf_counter() - start)
         timeout = min(getattr(args, f"timeout_{name}"), left)
         print(f"[{name}] running (limit {timeout:.0f}s) ...", file=sys.stderr, flush=True)
-        if timeout < 10:
-            results[name] = {"error": f"skipped: the {args.budget:.0f}s budget is spent"}
+        if left < 10:
+            results[name] = {"error": f"not run: the {args.budget:.0f}s budget is spent"}
         elif args.isolate:
             results[name] = run_isolated(name, argv, timeout)
         else:

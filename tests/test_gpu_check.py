@@ -135,20 +135,37 @@ def test_dry_run_end_to_end(tmp_path, one_torch_thread):
     """Setup, both layouts, accounting, decoding of the export and the summary table, on the tiny preset."""
     gc = _script()
     out = tmp_path / "check.json"
-    rc = gc.main(["--dry-run", "--parts", "train", "decode", "--batch-size", "2", "--peak-tflops", "100",
+    rc = gc.main(["--dry-run", "--batch-size", "2", "--peak-tflops", "100",
                   "--hbm-gbps", "100", "--json", str(out)])
     assert rc == 0
     data = json.loads(out.read_text())
-    train, decode = data["results"]["train"], data["results"]["decode"]
-    assert "error" not in train and "error" not in decode
+    train, qlora, decode = (data["results"][k] for k in ("train", "qlora", "decode"))
+    assert not [r["error"] for r in (train, qlora, decode) if "error" in r]
     padded, packed = train["padded"], train["packed"]
     assert padded["real_tokens"] == packed["real_tokens"] > 0  # the same samples in both layouts
     assert 0 <= packed["pad_fraction"] < padded["pad_fraction"] < 1
     assert train["model_flops"] > 0 and train["optimizer"] == "AdamW" and train["attention"] == "sdpa"
+    # QLoRA (bitsandbytes' CPU backend here): LoRA + connector train, far fewer FLOPs per token than full
+    assert 0 < qlora["trainable_m"] < train["params_b"] * 1e3 / 2
+    assert qlora["padded"]["real_tokens"] == padded["real_tokens"]
+    assert train["model_flops"] / 3 < qlora["padded"]["model_flops"] < train["model_flops"]
     assert decode["source"] == "export" and decode["tokens_per_s"] > 0 and decode["prompt_tokens"] > 1
     text = "\n".join(data["summary"])
     assert flops.FORMULA in text and "packed/padded" in text and "% of roofline" in text
     assert "MFU" in text and "%" in text.split("train  | padded")[1].split("\n")[0]
+
+
+def test_a_part_past_its_limit_is_a_failed_row(tmp_path, capsys):
+    """Each part runs under its own limit, in this process (an alarm) or in a child process (killed)."""
+    gc = _script()
+    out = tmp_path / "check.json"
+    rc = gc.main(["--dry-run", "--parts", "train", "--timeout-train", "1", "--json", str(out)])
+    assert rc == 1
+    assert json.loads(out.read_text())["results"]["train"]["error"] == "TimeoutError: ran past its 1s limit"
+    rc = gc.main(["--dry-run", "--isolate", "--parts", "decode", "--timeout-decode", "1", "--json", str(out)])
+    assert rc == 1
+    assert json.loads(out.read_text())["results"]["decode"]["error"] == "ran past its 1s limit"
+    assert "FAILED: ran past its 1s limit" in capsys.readouterr().out
 
 
 # ---- CUDA-only paths ---------------------------------------------------------------------------------
