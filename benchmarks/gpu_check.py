@@ -426,7 +426,7 @@ def print_report(results: Dict[str, Dict[str, Any]], spec: Dict[str, Any], args)
              "token * mean context)"]
     tr = results.get("train", {})
     if "params_b" in tr:
-        lines.append(f"train: {tr['params_b']:.2f}B params, {tr['llm_layers']} decoder layers, attention "
+        lines.append(f"train: {tr['params_b']:.3g}B params, {tr['llm_layers']} decoder layers, attention "
                      f"{tr['attention']}, {tr['optimizer']}, activation checkpointing (recompute not counted)")
     for name, r in results.items():
         lines += [f"note ({name}): {n}" for n in r.get("notes", [])]
