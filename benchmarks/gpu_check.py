@@ -242,6 +242,8 @@ def part_train(args) -> Dict[str, Any]:
     batches, groups = layouts(model, samples, args.batch_size, args.steps)
     params = [p for p in model.parameters() if p.requires_grad]
     n_params = sum(p.numel() for p in model.parameters())
+    # before ZeRO-3 partitions the weights (a partitioned parameter's shape reads 0)
+    model_flops = sum(group_flops(model, g, flops.TRAIN_FULL) for g in groups[1:])
     opt = torch.optim.AdamW(params, lr=1e-5)
     if use_zero:
         engine = zero3_engine(model, opt)
@@ -255,7 +257,6 @@ def part_train(args) -> Dict[str, Any]:
             opt.zero_grad(set_to_none=True)
             model(**b).loss.backward()
             opt.step()
-    model_flops = sum(group_flops(model, g, flops.TRAIN_FULL) for g in groups[1:])
     out = {"params_b": n_params / 1e9, "llm_layers": model.llm.config.num_hidden_layers,
            "attention": attn_impl(args), "optimizer": "ZeRO-3 (DeepSpeed)" if use_zero else "AdamW",
            "notes": notes, "model_flops": model_flops}

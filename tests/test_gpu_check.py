@@ -181,6 +181,10 @@ def test_gpu_train_zero3_qlora_decode_on_a_small_shape(tmp_path):
     for part, layout in (("train", "padded"), ("train", "packed"), ("qlora", "padded")):
         assert res[part][layout]["peak_gib"] > 0
     assert res["decode"]["peak_gib"] > 0 and res["decode"]["tokens_per_s"] > 0
+    # the accounting reads the architecture before ZeRO-3 partitions the weights (a partitioned one has 0 elements)
+    gc.main(["--preset", "tiny", "--inline", "--zero", "none", "--steps", "2", "--parts", "train", "--json", str(out)])
+    plain = json.loads(out.read_text())["results"]["train"]
+    assert plain["optimizer"] == "AdamW" and plain["model_flops"] == res["train"]["model_flops"]
 
 
 @pytest.mark.gpu
