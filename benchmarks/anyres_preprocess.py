@@ -20,6 +20,8 @@ alternate batch by batch (the order flips every batch), so machine noise hits al
 parallelism); the PIL processor is single-threaded whatever T is. It prints the max abs pixel difference of
 ours from each, images/s of each, the ratios and the load average before and after.
 Goals: ours pixel-identical to the PIL path (max diff 0), and >= 2.0x the throughput of both.
+``--profile`` adds where our time goes (cProfile of one single-threaded pass, by function, and the share
+spent inside PIL's bicubic resize, which defines the pixels).
 """
 from __future__ import annotations
 
@@ -123,6 +125,21 @@ def time_passes(batches, procs, repeats: int) -> Dict[str, List[float]]:
     return totals
 
 
+def profile_ours(proc, batches) -> None:
+    """Where one single-threaded pass of ours spends its time: top functions, and the PIL resize share."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.runcall(lambda: [proc(b) for b in batches])
+    stats = pstats.Stats(prof)
+    total = stats.total_tt
+    resize = sum(v[2] for k, v in stats.stats.items() if k[2] == "<method 'resize' of 'ImagingCore' objects>")
+    log.info(f"\n--- profile of ours, 1 thread: {total:.2f}s, of which PIL's C resize {resize:.2f}s "
+             f"({100 * resize / total:.0f}%) ---")
+    stats.sort_stats("tottime").print_stats(8)
+
+
 def load() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
@@ -136,6 +153,7 @@ def main(argv: List[str] | None = None) -> Dict[str, float]:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
                         help="thread counts to measure (ours: its pool; torch: intra-op threads)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", action="store_true", help="also profile ours (1 thread)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 
@@ -176,6 +194,9 @@ def main(argv: List[str] | None = None) -> Dict[str, float]:
                      f"{'met' if ratio >= 2.0 else 'NOT met'})")
         results.update({f"t{threads}_diff_{k}": v for k, v in diffs.items()})
         results.update({f"t{threads}_ips_{k}": v for k, v in ips.items()})
+    if args.profile:
+        torch.set_num_threads(1)
+        profile_ours(AnyResImageProcessor(S, pins, pil.image_mean, pil.image_std, num_threads=1), batches)
     return results
 
 
