@@ -3,7 +3,7 @@
 Run from the repository root::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_throughput.py [--shape tiny 7b-profile]
-        [--steps 3 --batch-size 8 --repeats 3 --threads 1] [--dense-packed] [--compile]
+        [--steps 3 --batch-size 8 --repeats 3 --threads 1] [--dense-packed] [--compile] [--skip-grouped]
 
 Shapes (random weights, built from configs):
   tiny         the ``tiny`` preset (6-layer Llama, hidden 192; CLIP-style tower, 48 px tiles): attention- and
@@ -178,6 +178,8 @@ def bench_shape(name: str, args) -> List[str]:
             PADDED: (trainer(ours, layouts["padded"], "sdpa"), "padded"),
             "ours, length-grouped": (trainer(ours, layouts["grouped"], "sdpa"), "grouped"),
             "ours, packed": (trainer(ours, layouts["packed"], PACKED_SDPA), "packed")}
+    if args.skip_grouped:
+        del runs["ours, length-grouped"]
     if args.dense_packed:
         runs["ours, packed, dense mask"] = (trainer(ours, layouts["packed"], "sdpa"), "packed")
     compile_s: Dict[str, float] = {}
@@ -245,6 +247,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dense-packed", action="store_true", help="add packed rows through sdpa's dense mask")
     p.add_argument("--compile", action="store_true", help="add compiled runs (compile_blocks, inductor)")
+    p.add_argument("--skip-grouped", action="store_true", help="leave out the length-grouped run (shorter)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.getLogger("transformers").setLevel(logging.ERROR)

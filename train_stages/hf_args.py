@@ -4,6 +4,8 @@ knows passes through.
 A training YAML may name any ``TrainingArguments`` field (``optim: adamw_torch_fused``, ``tf32: true``,
 ``run_name``, ``eval_strategy``, ``dataloader_pin_memory``, ``torch_compile``, ``gradient_checkpointing_kwargs``
 ...) at its top level or under ``training_args:``; each is converted to the type transformers declares for it.
+``torch_compile`` (and ``torch_compile_backend`` / ``torch_compile_mode``) is the exception in effect: the
+runner compiles the model's transformer blocks itself (``mllm.compiling``) and the Trainer gets it off.
 A name neither we nor transformers know is an error that lists the close matches::
 
     split_training_args({"optim": "adamw_torch", "learnig_rate": 1e-4}, ours)
