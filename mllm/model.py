@@ -184,6 +184,10 @@ class MultimodalLM(nn.Module):
                 labels: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None, **kwargs):
         """The LM's output (logits, and the loss with ``labels``). The image head's loss is ``gen_loss``."""
         embeds = self.embed_inputs(input_ids, pixel_values, image_sizes)
+        if self.training:
+            # a training step never reads a KV cache; the LLM's config default (use_cache=True) would build
+            # one per step, and under torch_compile its per-layer state would recompile every layer
+            kwargs.setdefault("use_cache", False)
         if labels is not None:
             # image positions never carry a target, whatever the caller built
             labels = labels.masked_fill(input_ids == self.image_token_id, -100)

@@ -20,6 +20,8 @@ from typing import Dict, Optional
 import torch
 import torch.distributed as dist
 
+from mllm.attention import use_packed_attention
+from mllm.compiling import compile_blocks
 from mllm.config import apply_overrides
 from mllm.gen.head import GenHeadConfig
 from mllm.model import MultimodalLM
@@ -28,7 +30,7 @@ from mllm.presets import get_preset
 from .consolidate import consolidate_and_save
 from .data import build_training_data
 from .freeze import apply_policy, param_table, per_module_param_groups
-from .hf_args import training_arguments
+from .hf_args import compile_options, training_arguments
 from .specs import TrainConfig
 from .trainer import (DataPositionCallback, MetricsCallback, MLLMTrainer, gathered_state_dict, latest_checkpoint,
                       remove_incomplete_checkpoints)
@@ -150,12 +152,19 @@ def run_stage(cfg: TrainConfig) -> Dict:
         cfg.save(os.path.join(cfg.output_dir, "train_config.json"))
 
     model = load_start_model(cfg)
+    if cfg.packing and cfg.spec.objective != "gen":
+        # packed rows: attention per sample (sdpa -> sdpa_packed; flash / flex read the restarts themselves)
+        log.info("packing: LLM attention %s", use_packed_attention(model.llm))
     groups = apply_policy(model, cfg)
     model.always_run_vision = cfg.always_run_vision if cfg.always_run_vision is not None \
         else needs_vision_every_step(model, world_size())
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(vision=cfg.module("vision").mode != "frozen",
                                             kwargs=cfg.training_args.get("gradient_checkpointing_kwargs"))
+    compile_opts = compile_options(cfg)
+    if compile_opts is not None:
+        log.info("torch_compile: %d transformer blocks compiled (%s)", compile_blocks(model, **compile_opts),
+                 compile_opts["backend"] or "inductor")
     log.info("stage %s: trainable / frozen parameters\n%s", cfg.stage, param_table(model))
     if rank() == 0:
         model.config.save(os.path.join(cfg.output_dir, "mllm_config.resolved.json"))
