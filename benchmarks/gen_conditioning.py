@@ -42,6 +42,10 @@ VARIANTS: Dict[str, Any] = {
     "refine2_x0_uniform": ({**LEGACY, "condition": "prompt", "llm_layers": [0, -1], "refiner_layers": 2,
                             "prediction": "x0", "t_sampling": "uniform"}, {}),
     "default": ({}, {}),                                                      # GenHeadConfig's defaults
+    # the demo's training budget and sampling, one lever at a time on the default head (--set epochs=... etc.)
+    "cfg1.5": ({}, {"cfg_scale": 1.5}),
+    "fp32": ({}, {"cfg_scale": 1.5, "bf16": False}),
+    "fp32_ema": ({}, {"cfg_scale": 1.5, "bf16": False, "ema_decay": 0.995}),
 }
 COLUMNS = ("everything_accuracy", "colour_shape_accuracy", "colour_accuracy", "shape_accuracy",
            "position_accuracy", "count_accuracy", "fd", "fd_real_vs_real")

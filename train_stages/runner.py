@@ -30,8 +30,8 @@ from .data import build_training_data
 from .freeze import apply_policy, param_table, per_module_param_groups
 from .hf_args import training_arguments
 from .specs import TrainConfig
-from .trainer import (DataPositionCallback, MetricsCallback, MLLMTrainer, gathered_state_dict, latest_checkpoint,
-                      remove_incomplete_checkpoints)
+from .trainer import (DataPositionCallback, EMACallback, MetricsCallback, MLLMTrainer, gathered_state_dict,
+                      latest_checkpoint, remove_incomplete_checkpoints)
 
 log = logging.getLogger("mllm.train")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -167,6 +167,10 @@ def run_stage(cfg: TrainConfig) -> Dict:
     callbacks = [MetricsCallback(metrics_path, cfg.stage)]
     if data.sampler is not None:
         callbacks.append(DataPositionCallback(data.sampler))
+    if cfg.ema_decay:
+        if cfg.spec.objective != "gen":
+            raise ValueError(f"ema_decay is for the gen stage's head; stage {cfg.stage!r} trains no head")
+        callbacks.append(EMACallback(model.gen_head, cfg.ema_decay))
     trainer = MLLMTrainer(
         model=model, args=args, train_dataset=data.dataset, data_collator=data.collator,
         param_groups=per_module_param_groups(groups, cfg, cfg.weight_decay), keep_last=cfg.save_total_limit,

@@ -52,6 +52,7 @@ class GenPlan:
     lr: float = 2e-3
     max_steps: int = -1  # > 0: cap the stage (smoke runs)
     warmup_ratio: float = 0.05
+    ema_decay: float = 0.0  # > 0: the saved head is the EMA of its weights (train_stages.trainer.EMACallback)
     log_every: int = 10  # steps between logged losses (metrics.jsonl, the loss plot)
     # the head: MetaQuery tokens and the DiT (tiny preset; README "Measured results" has what it reaches)
     gen_head: Dict[str, Any] = field(default_factory=lambda: {"num_queries": 16, "dit": {"preset": "tiny"}})
@@ -102,8 +103,8 @@ def gen_stage_config(out: str, init_from: str, train_json: str, plan: GenPlan):
         stage="gen", output_dir=os.path.join(out, "gen"), init_from=init_from,
         data=[{"path": train_json, "format": "gen"}], deepspeed="none", gen_head=dict(plan.gen_head),
         per_device_train_batch_size=plan.batch_size, learning_rate=plan.lr, num_train_epochs=plan.epochs,
-        max_steps=plan.max_steps, warmup_ratio=plan.warmup_ratio, logging_steps=plan.log_every, save_steps=0,
-        seed=plan.seed, bf16=plan.bf16), source="demo:gen")
+        max_steps=plan.max_steps, warmup_ratio=plan.warmup_ratio, ema_decay=plan.ema_decay,
+        logging_steps=plan.log_every, save_steps=0, seed=plan.seed, bf16=plan.bf16), source="demo:gen")
 
 
 def sample_prompts(model, prompts: List[str], plan: GenPlan):
