@@ -46,6 +46,8 @@ VARIANTS: Dict[str, Any] = {
     "cfg1.5": ({}, {"cfg_scale": 1.5}),
     "fp32": ({}, {"cfg_scale": 1.5, "bf16": False}),
     "fp32_ema": ({}, {"cfg_scale": 1.5, "bf16": False, "ema_decay": 0.995}),
+    "fp32_refine4": ({"refiner_layers": 4}, {"cfg_scale": 1.5, "bf16": False}),
+    "fp32_nopool": ({"pooled": "none"}, {"cfg_scale": 1.5, "bf16": False}),
 }
 COLUMNS = ("everything_accuracy", "colour_shape_accuracy", "colour_accuracy", "shape_accuracy",
            "position_accuracy", "count_accuracy", "fd", "fd_real_vs_real")

@@ -2,7 +2,7 @@
 scored by the demo's checker and FD, on one torch thread.
 
     python benchmarks/gen_sampling_sweep.py --model demo_out/gen --gen-test demo_out/data/gen_test.json \\
-        --cfg 1,2,3,5 --steps 10,20
+        --cfg 1,2,3,5 --steps 10,20 [--bf16]
 
 Prints one markdown row per (cfg, steps): everything the prompt says, colour+kind, colour, kind, position,
 count, FD / real-vs-real floor and the sampling + scoring CPU seconds.
@@ -31,6 +31,7 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=None, help="held-out prompts used (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=50)
+    p.add_argument("--bf16", action="store_true", help="sample under bf16 autocast (default: float32)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     model = MultimodalLM.from_pretrained(args.model)
@@ -42,7 +43,7 @@ def main(argv=None) -> int:
         for cfg in [float(c) for c in args.cfg.split(",")]:
             c0 = time.process_time()
             gen = torch.Generator().manual_seed(args.seed)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
                 images = torch.cat([model.generate_images(prompts[i:i + args.batch], steps=steps, cfg_scale=cfg,
                                                           generator=gen).float()
                                     for i in range(0, len(prompts), args.batch)])

@@ -146,6 +146,8 @@ def run_stage(cfg: TrainConfig) -> Dict:
     if cfg.spec.objective == "gen" and world_size() > 1 and not ds_path:
         raise ValueError(f"stage {cfg.stage!r} on {world_size()} ranks needs DeepSpeed (deepspeed: zero2): the "
                          f"image head's loss is not the model's forward, which plain DDP needs for its reduction")
+    if cfg.ema_decay and cfg.spec.objective != "gen":
+        raise ValueError(f"ema_decay is for the gen stage's head; stage {cfg.stage!r} trains no head")
     if rank() == 0:
         cfg.save(os.path.join(cfg.output_dir, "train_config.json"))
 
@@ -167,10 +169,6 @@ def run_stage(cfg: TrainConfig) -> Dict:
     callbacks = [MetricsCallback(metrics_path, cfg.stage)]
     if data.sampler is not None:
         callbacks.append(DataPositionCallback(data.sampler))
-    if cfg.ema_decay:
-        if cfg.spec.objective != "gen":
-            raise ValueError(f"ema_decay is for the gen stage's head; stage {cfg.stage!r} trains no head")
-        callbacks.append(EMACallback(model.gen_head, cfg.ema_decay))
     trainer = MLLMTrainer(
         model=model, args=args, train_dataset=data.dataset, data_collator=data.collator,
         param_groups=per_module_param_groups(groups, cfg, cfg.weight_decay), keep_last=cfg.save_total_limit,
@@ -190,6 +188,8 @@ def run_stage(cfg: TrainConfig) -> Dict:
         log.info("resume=auto: %s", resume or "no complete checkpoint, starting fresh")
     elif cfg.resume:
         resume = cfg.resume
+    if cfg.ema_decay:
+        trainer.add_callback(EMACallback(model.gen_head, cfg.ema_decay, resume_from=resume))
     # the preflight check reads the first batches before any step: mis-masked or mis-tokenised data
     # is an error here, not a silent zero loss later
     data.preflight()

@@ -55,6 +55,7 @@ class GenHeadConfig:
     llm_layers: List[int] = field(default_factory=lambda: [0, -1])   # hidden-state indices; 0 = input embeddings
     refiner_layers: int = 2                # trainable transformer layers over the condition tokens
     prediction: str = "x0"                 # what the DiT predicts: "velocity" | "x0"
+    pooled: str = "mean"                   # the DiT's global (adaLN) condition: "mean" of the tokens | "none"
     t_sampling: str = "logit_normal"       # training times: "logit_normal" | "uniform"
     dit: Any = "tiny"                      # resolved to a DiTConfig (see _resolve_dit)
     autoencoder: Dict[str, Any] = field(default_factory=lambda: {"kind": "identity"})
@@ -151,7 +152,7 @@ class GenHead(PromptConditioning):
     # ---- sampling ---------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, model, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, *,
-               steps: int = 20, cfg_scale: float = 3.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+               steps: int = 10, cfg_scale: float = 1.5, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Images (B, 3, image_size, image_size) in [0, 1] for the prompts."""
         cond, mask, pooled = self.encode_prompt(model.llm, input_ids, attention_mask)
         b = cond.shape[0]
