@@ -207,6 +207,7 @@ def test_demo_gen_step_writes_metrics_and_a_grid(world, tmp_path):
     assert saved["seconds"]["cpu_total"] > 0
     assert len(saved["grid_verdicts"]) == len(saved["grid_prompts"]) == 8
     assert all(v == "ok" or v for v in saved["grid_verdicts"])
+    assert saved["cli_example"]["prompt"] == "a red circle at the top" and saved["cli_example"]["verdict"]
     assert saved["n_images"] == 8 and saved["train"]["steps"] == 4 and 0.0 <= saved["colour_shape_accuracy"] <= 1.0
     assert saved["fd"] >= 0.0 and saved["fd_real_vs_real"] >= 0.0
     with Image.open(tmp_path / GRID_FILE) as grid:  # 8 images in one row, each with its prompt and verdict

@@ -7,6 +7,7 @@ held-out prompts -> rule-based checker + Frechet distance in our tower's feature
     # demo_out/generation_metrics.json   everything_accuracy, colour_shape_accuracy, ..., fd, timings, plan
     # demo_out/generation_samples.png    the first held-out prompts' images, each with its prompt and verdict
     # demo_out/generation_loss.png       the gen stage's loss against steps
+    # metrics["cli_example"]             the checker's verdict on what `mllm generate` draws for EXAMPLE_PROMPT
 
     python -m mllm.app.demo_gen --out /tmp/gen_demo --init-from demo_out/instruct [--quick]   # on its own
 
@@ -26,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from data_pipelines.shapes.gen import make_gen_data, read_gen_json
+from data_pipelines.shapes.gen import make_gen_data, parse_prompt, read_gen_json
 from eval.gen.checker import check_image, verdict
 from eval.gen.fd import evaluate_generation
 from eval.gen.plots import save_loss_curve, save_sample_grid
@@ -37,6 +38,9 @@ from train_stages.specs import TrainConfig
 log = logging.getLogger("mllm.app.demo")
 
 METRICS_FILE = "generation_metrics.json"
+# what `mllm generate --model OUT/gen --prompt EXAMPLE_PROMPT` draws with its default settings (seed 0, 10 Euler
+# steps, guidance 1.5), checked like the held-out prompts
+EXAMPLE_PROMPT = "a red circle at the top"
 GRID_FILE = "generation_samples.png"
 LOSS_FILE = "generation_loss.png"
 
@@ -158,6 +162,8 @@ def run_gen_step(out: str, data_dir: str, init_from: str, plan: Any = None) -> T
                      title=f"held-out prompts: everything the prompt says {metrics['everything_accuracy']:.2f}, "
                            f"colour+kind {metrics['colour_shape_accuracy']:.2f}")
     save_loss_curve(os.path.join(out, "gen", "metrics.jsonl"), os.path.join(out, LOSS_FILE))
+    example = model.generate_images([EXAMPLE_PROMPT], seed=0)[0]  # the CLI's defaults, float32 like the CLI
+    example_verdict = verdict(check_image(example, parse_prompt(EXAMPLE_PROMPT)))
     metrics.update({
         "seconds": {"data": round(t_data, 1), "train": round(t_train, 1), "sample": round(t_sample, 1),
                     "score": round(t_eval, 1), "total": round(seconds, 1), "cpu_total": round(cpu_seconds, 1),
@@ -167,6 +173,7 @@ def run_gen_step(out: str, data_dir: str, init_from: str, plan: Any = None) -> T
         "sampling": {"steps": plan.sample_steps, "cfg_scale": plan.cfg_scale, "seed": plan.seed},
         "model": os.path.join(out, "gen"), "gen_test": test_json, "grid": os.path.join(out, GRID_FILE),
         "loss_plot": os.path.join(out, LOSS_FILE), "grid_prompts": prompts[:n_grid], "grid_verdicts": verdicts,
+        "cli_example": {"prompt": EXAMPLE_PROMPT, "verdict": example_verdict},
         "plan": dataclasses.asdict(plan),
     })
     with open(os.path.join(out, METRICS_FILE), "w") as f:
