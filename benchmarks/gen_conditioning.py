@@ -49,6 +49,7 @@ VARIANTS: Dict[str, Any] = {
     "fp32_refine4": ({"refiner_layers": 4}, {"cfg_scale": 1.5, "bf16": False}),
     "fp32_nopool": ({"pooled": "none"}, {"cfg_scale": 1.5, "bf16": False}),
     "fp32_shift2": ({"t_shift": 2.0}, {"cfg_scale": 1.5, "bf16": False}),       # more steps near noise
+    "shift3": ({"t_shift": 3.0}, {}),                                          # over today's defaults
 }
 COLUMNS = ("everything_accuracy", "colour_shape_accuracy", "colour_accuracy", "shape_accuracy",
            "position_accuracy", "count_accuracy", "fd", "fd_real_vs_real")

@@ -50,10 +50,11 @@ def _prompts(lm, texts, pad_to=0):
 def test_the_default_is_the_measured_choice():
     """benchmarks/gen_conditioning.py: through a frozen tiny LLM the prompt tokens' states with the input
     embeddings alongside, bound by two refiner layers, with x0-prediction, learn the prompt; last-layer
-    queries (MetaQuery) do not in the same steps."""
+    queries (MetaQuery) do not in the same steps. The SD3 shift of 2 (training and sampling nearer noise)
+    binds each shape's colour and kind to its place; without the mean-pooled adaLN condition the count fails."""
     cfg = GenHeadConfig()
     assert (cfg.condition, cfg.llm_layers, cfg.refiner_layers, cfg.prediction) == ("prompt", [0, -1], 2, "x0")
-    assert cfg.t_sampling == "logit_normal"
+    assert (cfg.t_sampling, cfg.t_shift, cfg.pooled) == ("logit_normal", 2.0, "mean")
 
 
 @pytest.mark.parametrize("condition,layers,refine", [("prompt", [0, -1], 2), ("prompt", [-1], 0),
