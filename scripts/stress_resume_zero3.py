@@ -40,11 +40,18 @@ def _env():
     return env
 
 
-def _torchrun(cfg, *extra):
+def _torchrun(cfg, *extra, log=None):
+    """Launch the stage; its output goes to ``log`` (a file) when given, else to a pipe for ``communicate``.
+    A run that is polled rather than drained must write to a file: a full pipe would block the ranks."""
     cmd = [os.path.join(BIN, "torchrun"), "--nproc_per_node", "2", "--master_port", str(_port()),
            "-m", "train_stages.multitask", "--config", cfg, *extra]
-    return subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    out = open(log, "w") if log else subprocess.PIPE
+    try:
+        return subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=out, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    finally:
+        if log:
+            out.close()
 
 
 def _descendants(pid: int):
@@ -141,7 +148,7 @@ def main(argv=None) -> int:
         run = os.path.join(args.workdir, f"kill_{i}")
         shutil.rmtree(run, ignore_errors=True)
         cfg = _config(world, run, args.steps)
-        proc = _torchrun(cfg)
+        proc = _torchrun(cfg, log=run + ".killed.log")
         while _logged_step(run) < k and proc.poll() is None:
             time.sleep(0.01)
         time.sleep(frac * step_time)

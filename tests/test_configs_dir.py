@@ -45,7 +45,7 @@ def test_config_parses_and_is_consistent(path):
 
         data = {k: v for k, v in yaml.safe_load(open(path)).items() if k != "stage"}
         enc = typed.from_dict(EncoderPretrainConfig, data, where=path)
-        assert enc.learning_rate == 2e-3 and isinstance(enc.learning_rate, float)
+        assert enc.learning_rate == 6e-3 and isinstance(enc.learning_rate, float)
         return
     resolve_deepspeed(cfg.resolved_zero())
     assert cfg.data or cfg.mixture

@@ -60,8 +60,10 @@ class EncoderPretrainConfig:
     model_overrides: List[str] = field(default_factory=list)
     image_root: Optional[str] = None
     epochs: int = 8
-    batch_size: int = 64
-    learning_rate: float = 2e-3
+    # small batches, high lr: the tower learns per optimizer step (1000 images x 6 epochs, 61 s either way:
+    # frozen-feature probe 0.49 at batch 16 / lr 6e-3 against 0.40 at batch 64 / lr 2e-3)
+    batch_size: int = 16
+    learning_rate: float = 6e-3
     weight_decay: float = 0.05
     text_layers: int = 2
     embed_dim: int = 64
@@ -287,8 +289,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="tiny")
     p.add_argument("--image-root")
     p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=6e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--views", choices=("tiles", "base"), default="tiles",
                    help="pool every AnyRes tile of an image (default) or the base view only")
