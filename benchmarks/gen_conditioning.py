@@ -54,6 +54,7 @@ VARIANTS: Dict[str, Any] = {
     "refine4": ({"t_shift": 1.0, "refiner_layers": 4}, {"epochs": 8.0}),
     # 0.000 / 0.287 / 0.645 / 0.532 / 0.863 / 0.150 / 22x / 291
     "nopool": ({"t_shift": 1.0, "pooled": "none"}, {"epochs": 8.0}),
+    # (seed 1: 0.330 / 0.600 / 0.800 / 0.757 / 1.000 / 0.995 / 3.1x / 267)
     "shift2_steps2000": ({}, {"epochs": 8.0}),  # SD3 shift 2: 0.960 / 0.980 / 0.998 / 0.983 / 1 / 1 / 0.84x / 303
     # shift 2, 1500 steps (the demo's step): 0.810 / 0.902 / 1.000 / 0.902 / 1.000 / 1.000 / 1.9x / 216 at seed 0,
     # but 0.165 / 0.453 / 0.800 / 0.565 / 0.990 / 0.980 / 4.1x / 218 at --set seed=1: not robust to the seed yet
