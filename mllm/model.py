@@ -230,7 +230,7 @@ class MultimodalLM(nn.Module):
         return ids.to(self.device), mask.to(self.device)
 
     @torch.no_grad()
-    def generate_images(self, prompts: Sequence[str], *, steps: int = 20, cfg_scale: float = 3.0,
+    def generate_images(self, prompts: Sequence[str], *, steps: int = 10, cfg_scale: float = 1.5,
                         seed: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Images (B, 3, H, W) in [0, 1] for ``prompts``; the same ``seed`` gives the same images."""
         if self.gen_head is None:

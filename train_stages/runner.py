@@ -32,8 +32,8 @@ from .data import build_training_data
 from .freeze import apply_policy, param_table, per_module_param_groups
 from .hf_args import compile_options, training_arguments
 from .specs import TrainConfig
-from .trainer import (DataPositionCallback, MetricsCallback, MLLMTrainer, gathered_state_dict, latest_checkpoint,
-                      remove_incomplete_checkpoints)
+from .trainer import (DataPositionCallback, EMACallback, MetricsCallback, MLLMTrainer, gathered_state_dict,
+                      latest_checkpoint, remove_incomplete_checkpoints)
 
 log = logging.getLogger("mllm.train")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -148,6 +148,8 @@ def run_stage(cfg: TrainConfig) -> Dict:
     if cfg.spec.objective == "gen" and world_size() > 1 and not ds_path:
         raise ValueError(f"stage {cfg.stage!r} on {world_size()} ranks needs DeepSpeed (deepspeed: zero2): the "
                          f"image head's loss is not the model's forward, which plain DDP needs for its reduction")
+    if cfg.ema_decay and cfg.spec.objective != "gen":
+        raise ValueError(f"ema_decay is for the gen stage's head; stage {cfg.stage!r} trains no head")
     if rank() == 0:
         cfg.save(os.path.join(cfg.output_dir, "train_config.json"))
 
@@ -195,6 +197,8 @@ def run_stage(cfg: TrainConfig) -> Dict:
         log.info("resume=auto: %s", resume or "no complete checkpoint, starting fresh")
     elif cfg.resume:
         resume = cfg.resume
+    if cfg.ema_decay:
+        trainer.add_callback(EMACallback(model.gen_head, cfg.ema_decay, resume_from=resume))
     # the preflight check reads the first batches before any step: mis-masked or mis-tokenised data
     # is an error here, not a silent zero loss later
     data.preflight()
