@@ -26,22 +26,39 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List
 
 LEGACY = {"condition": "queries", "num_queries": 16, "llm_layers": [-1], "refiner_layers": 0,
-          "prediction": "velocity"}
-# name -> (gen_head fields over the defaults, GenPlan fields); each row changes one lever from the one above
+          "prediction": "velocity", "t_shift": 1.0}
+# the plan the conditioning rows were measured with: 750 steps, guidance 3, bf16 autocast when sampling
+PLAN_750 = {"epochs": 3.0, "cfg_scale": 3.0, "bf16": True}
+# name -> (gen_head fields over the defaults, GenPlan fields); each row changes one lever from the one above.
+# Measured on a random-init tiny LLM, 200 held-out prompts; everything / colour+kind / colour / kind / position /
+# count / FD / floor / CPU s of the step (README "Measured results" has the conditioning rows)
 VARIANTS: Dict[str, Any] = {
-    "legacy": (LEGACY, {}),                                                   # K queries, last layer, v-pred
-    "queries_l0": ({**LEGACY, "llm_layers": [0, -1]}, {}),                    # + input embeddings alongside
-    "prompt_last": ({**LEGACY, "condition": "prompt"}, {}),                   # the prompt tokens' own states
-    "prompt_embed": ({**LEGACY, "condition": "prompt", "llm_layers": [0, -1]}, {}),
-    "prompt_mid": ({**LEGACY, "condition": "prompt", "llm_layers": [0, 3, -1]}, {}),   # + a middle layer
-    "prompt_queries": ({**LEGACY, "condition": "prompt+queries", "num_queries": 4, "llm_layers": [0, -1]}, {}),
-    "prompt_embed_x0": ({**LEGACY, "condition": "prompt", "llm_layers": [0, -1], "prediction": "x0"}, {}),
-    "refine2": ({**LEGACY, "condition": "prompt", "llm_layers": [0, -1], "refiner_layers": 2}, {}),
-    "refine2_x0": ({**LEGACY, "condition": "prompt", "llm_layers": [0, -1], "refiner_layers": 2,
-                    "prediction": "x0"}, {}),
-    "refine2_x0_uniform": ({**LEGACY, "condition": "prompt", "llm_layers": [0, -1], "refiner_layers": 2,
-                            "prediction": "x0", "t_sampling": "uniform"}, {}),
-    "default": ({}, {}),                                                      # GenHeadConfig's defaults
+    "legacy": (LEGACY, PLAN_750),                                             # K queries, last layer, v-pred
+    "queries_l0": ({**LEGACY, "llm_layers": [0, -1]}, PLAN_750),              # + input embeddings alongside
+    "prompt_last": ({**LEGACY, "condition": "prompt"}, PLAN_750),             # the prompt tokens' own states
+    "prompt_embed": ({**LEGACY, "condition": "prompt", "llm_layers": [0, -1]}, PLAN_750),
+    "prompt_mid": ({**LEGACY, "condition": "prompt", "llm_layers": [0, 3, -1]}, PLAN_750),   # + a middle layer
+    "prompt_queries": ({**LEGACY, "condition": "prompt+queries", "num_queries": 4, "llm_layers": [0, -1]},
+                       PLAN_750),
+    "prompt_embed_x0": ({**LEGACY, "condition": "prompt", "llm_layers": [0, -1], "prediction": "x0"}, PLAN_750),
+    "refine2": ({**LEGACY, "condition": "prompt", "llm_layers": [0, -1], "refiner_layers": 2}, PLAN_750),
+    "refine2_x0": ({"t_shift": 1.0}, PLAN_750),          # 0.015 / 0.235 / 0.627 / 0.365 / 0.930 / 0.835 / 23x / 179
+    "refine2_x0_uniform": ({"t_shift": 1.0, "t_sampling": "uniform"}, PLAN_750),
+    # the training budget, then sampling (benchmarks/gen_sampling_sweep.py on this row's head: guidance 1.5
+    # 0.195 / 0.472, 1.25 0.210 / 0.510, 1 0.185 / 0.480; 25 Euler steps at guidance 3 0.130 / 0.430)
+    # 0.150 / 0.438 / 0.873 / 0.517 / 0.998 / 0.985 / 6.8x / 219
+    "steps1500": ({"t_shift": 1.0}, {**PLAN_750, "epochs": 6.0}),
+    # guidance 1.5, float32 sampling: 0.375 / 0.655 / 0.820 / 0.823 / 1.000 / 1.000 / 2.5x / 325
+    "steps2000": ({"t_shift": 1.0}, {"epochs": 8.0}),
+    # 0.055 / 0.393 / 0.752 / 0.588 / 0.995 / 0.990 / 3.8x / 276
+    "refine4": ({"t_shift": 1.0, "refiner_layers": 4}, {"epochs": 8.0}),
+    # 0.000 / 0.287 / 0.645 / 0.532 / 0.863 / 0.150 / 22x / 291
+    "nopool": ({"t_shift": 1.0, "pooled": "none"}, {"epochs": 8.0}),
+    # (seed 1: 0.330 / 0.600 / 0.800 / 0.757 / 1.000 / 0.995 / 3.1x / 267)
+    "shift2_steps2000": ({}, {"epochs": 8.0}),  # SD3 shift 2: 0.960 / 0.980 / 0.998 / 0.983 / 1 / 1 / 0.84x / 303
+    # shift 2, 1500 steps (the demo's step): 0.810 / 0.902 / 1.000 / 0.902 / 1.000 / 1.000 / 1.9x / 216 at seed 0,
+    # but 0.165 / 0.453 / 0.800 / 0.565 / 0.990 / 0.980 / 4.1x / 218 at --set seed=1: not robust to the seed yet
+    "default": ({}, {}),
 }
 COLUMNS = ("everything_accuracy", "colour_shape_accuracy", "colour_accuracy", "shape_accuracy",
            "position_accuracy", "count_accuracy", "fd", "fd_real_vs_real")

@@ -222,6 +222,7 @@ def plan_layers(args, model_params: int, layer_params: int, layers: int, zero: b
 
 
 def part_train(args) -> Dict[str, Any]:
+    from mllm.attention import use_packed_attention
     from mllm.presets import get_preset
 
     use_zero = args.zero == "3" or (args.zero == "auto" and args.device == "cuda"
@@ -236,6 +237,8 @@ def part_train(args) -> Dict[str, Any]:
     if note:
         notes.append(note)
     model = build_model(args, layers)
+    # packed rows attend per sample (sdpa -> sdpa_packed; flash varlen as is); padded batches keep plain sdpa
+    packed_attn = use_packed_attention(model.llm)
     model.gradient_checkpointing_enable()
     model.train()
     samples = make_samples(model, args.batch_size * (args.steps + 1), args.seed)
@@ -258,7 +261,8 @@ def part_train(args) -> Dict[str, Any]:
             model(**b).loss.backward()
             opt.step()
     out = {"params_b": n_params / 1e9, "llm_layers": model.llm.config.num_hidden_layers,
-           "attention": attn_impl(args), "optimizer": "ZeRO-3 (DeepSpeed)" if use_zero else "AdamW",
+           "attention": attn_impl(args), "packed_attention": packed_attn,
+           "optimizer": "ZeRO-3 (DeepSpeed)" if use_zero else "AdamW",
            "notes": notes, "model_flops": model_flops}
     for name, rows in batches.items():
         out[name] = {**time_steps(step, rows, args.device), **layout_stats(rows, groups, model)}
@@ -428,7 +432,8 @@ def print_report(results: Dict[str, Dict[str, Any]], spec: Dict[str, Any], args)
     tr = results.get("train", {})
     if "params_b" in tr:
         lines.append(f"train: {tr['params_b']:.3g}B params, {tr['llm_layers']} decoder layers, attention "
-                     f"{tr['attention']}, {tr['optimizer']}, activation checkpointing (recompute not counted)")
+                     f"{tr['attention']} (packed rows: {tr.get('packed_attention', '-')}), {tr['optimizer']}, "
+                     "activation checkpointing (recompute not counted)")
     for name, r in results.items():
         lines += [f"note ({name}): {n}" for n in r.get("notes", [])]
     rows = [("part", "layout", "tokens/s", "MFU", "peak GiB", "pad", "detail")]

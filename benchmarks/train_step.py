@@ -53,8 +53,9 @@ GRAD_RTOL = 1e-3
 Batch = Dict[str, Any]
 
 
-def build_models(model_dir, seed: int, work: str):
-    """(ours, theirs, export path): our model in float32 and its native export loaded by transformers."""
+def build_models(model_dir, seed: int, work: str, config=None):
+    """(ours, theirs, export path): our model in float32 and its native export loaded by transformers.
+    ``config``: a ModelConfig to build with random weights instead of the tiny preset."""
     from transformers import LlavaNextForConditionalGeneration
 
     from mllm.app.export import export_model, load_for_export
@@ -63,7 +64,7 @@ def build_models(model_dir, seed: int, work: str):
 
     torch.manual_seed(seed)
     if model_dir is None:
-        ours = MultimodalLM.build(get_preset("tiny")).float()
+        ours = MultimodalLM.build(config or get_preset("tiny")).float()
         model_dir = os.path.join(work, "ours")
         ours.save_pretrained(model_dir)
     else:

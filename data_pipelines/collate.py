@@ -18,7 +18,10 @@ predicted from the previous sample's last token. Attention stays inside each sam
   sdpa and eager alike — but only when ``past_key_values`` is None. A decoder called with the config's
   ``use_cache=True`` (the default, also in train mode) creates an empty cache first, and then silently
   uses a plain causal mask across samples (verified in transformers 5.23). So the batch carries
-  ``use_cache=False``. The same batches suit flash-attention-2, which reads the restarts too.
+  ``use_cache=False``. That dense mask makes sdpa do the row's full L x L work;
+  ``mllm.attention.use_packed_attention(llm)`` (which the stage runner calls when packing) switches sdpa to
+  one causal call per sample. flash-attention-2 reads the restarts too (varlen), flex_attention builds a
+  block-sparse mask from them.
 - ``attention="4d"``: an explicit additive mask (B, 1, L, L), 0 where allowed and the float32 minimum
   elsewhere (eager adds it to the scores; sdpa takes it as is), for models whose mask code does not
   detect packing. Costs B*L*L*4 bytes.

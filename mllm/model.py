@@ -184,6 +184,10 @@ class MultimodalLM(nn.Module):
                 labels: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None, **kwargs):
         """The LM's output (logits, and the loss with ``labels``). The image head's loss is ``gen_loss``."""
         embeds = self.embed_inputs(input_ids, pixel_values, image_sizes)
+        if self.training:
+            # a training step never reads a KV cache; the LLM's config default (use_cache=True) would build
+            # one per step, and under torch_compile its per-layer state would recompile every layer
+            kwargs.setdefault("use_cache", False)
         if labels is not None:
             # image positions never carry a target, whatever the caller built
             labels = labels.masked_fill(input_ids == self.image_token_id, -100)
@@ -226,7 +230,7 @@ class MultimodalLM(nn.Module):
         return ids.to(self.device), mask.to(self.device)
 
     @torch.no_grad()
-    def generate_images(self, prompts: Sequence[str], *, steps: int = 20, cfg_scale: float = 3.0,
+    def generate_images(self, prompts: Sequence[str], *, steps: int = 10, cfg_scale: float = 1.5,
                         seed: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Images (B, 3, H, W) in [0, 1] for ``prompts``; the same ``seed`` gives the same images."""
         if self.gen_head is None:

@@ -50,10 +50,11 @@ def _prompts(lm, texts, pad_to=0):
 def test_the_default_is_the_measured_choice():
     """benchmarks/gen_conditioning.py: through a frozen tiny LLM the prompt tokens' states with the input
     embeddings alongside, bound by two refiner layers, with x0-prediction, learn the prompt; last-layer
-    queries (MetaQuery) do not in the same steps."""
+    queries (MetaQuery) do not in the same steps. The SD3 shift of 2 (training and sampling nearer noise)
+    binds each shape's colour and kind to its place; without the mean-pooled adaLN condition the count fails."""
     cfg = GenHeadConfig()
     assert (cfg.condition, cfg.llm_layers, cfg.refiner_layers, cfg.prediction) == ("prompt", [0, -1], 2, "x0")
-    assert cfg.t_sampling == "logit_normal"
+    assert (cfg.t_sampling, cfg.t_shift, cfg.pooled) == ("logit_normal", 2.0, "mean")
 
 
 @pytest.mark.parametrize("condition,layers,refine", [("prompt", [0, -1], 2), ("prompt", [-1], 0),
@@ -143,6 +144,19 @@ def test_null_condition_and_guided_sampling_with_prompt_tokens(lm):
     assert calls == [4] * 3 + [2] * 3 and a.shape == (2, 3, 16, 16) and not torch.allclose(a, b)
 
 
+def test_pooled_none_leaves_the_prompt_to_the_cross_attention(lm):
+    """pooled "none": the DiT's adaLN input carries no prompt (zeros), so two prompts differ only in the
+    cross-attended tokens; "mean" pools the real (unmasked) tokens."""
+    ids, mask = _prompts(lm, TEXTS, pad_to=24)
+    none, mean = _head(lm, condition="prompt", pooled="none"), _head(lm, condition="prompt", pooled="mean")
+    cond, cmask, pooled = none.encode_prompt(lm.llm, ids, mask)
+    assert torch.equal(pooled, torch.zeros(2, DIT["cond_dim"]))
+    cond_m, cmask_m, pooled_m = mean.encode_prompt(lm.llm, ids, mask)
+    w = cmask_m.float().unsqueeze(-1)
+    torch.testing.assert_close(pooled_m, (cond_m * w).sum(1) / w.sum(1))
+    assert pooled_m.abs().sum() > 0
+
+
 def test_x0_prediction_target_and_velocity():
     g = torch.Generator().manual_seed(0)
     x0, noise = torch.randn(6, 3, 4, 4, generator=g), torch.randn(6, 3, 4, 4, generator=g)
@@ -161,6 +175,8 @@ def test_errors_name_the_option(lm):
         GenHeadConfig(condition="tokens")
     with pytest.raises(ValueError, match="prediction 'eps' is not one of"):
         GenHeadConfig(prediction="eps")
+    with pytest.raises(ValueError, match="pooled 'max' is not one of mean, none"):
+        GenHeadConfig(pooled="max")
     with pytest.raises(ValueError, match="t_sampling 'cosine'"):
         GenHeadConfig(t_sampling="cosine")
     with pytest.raises(ValueError, match=r"llm_layers \[9\] out of range: the LLM has 2 layers"):

@@ -207,6 +207,7 @@ def test_demo_gen_step_writes_metrics_and_a_grid(world, tmp_path):
     assert saved["seconds"]["cpu_total"] > 0
     assert len(saved["grid_verdicts"]) == len(saved["grid_prompts"]) == 8
     assert all(v == "ok" or v for v in saved["grid_verdicts"])
+    assert saved["cli_example"]["prompt"] == "a red circle at the top" and saved["cli_example"]["verdict"]
     assert saved["n_images"] == 8 and saved["train"]["steps"] == 4 and 0.0 <= saved["colour_shape_accuracy"] <= 1.0
     assert saved["fd"] >= 0.0 and saved["fd_real_vs_real"] >= 0.0
     with Image.open(tmp_path / GRID_FILE) as grid:  # 8 images in one row, each with its prompt and verdict
@@ -217,3 +218,58 @@ def test_demo_gen_step_writes_metrics_and_a_grid(world, tmp_path):
     # the demo's own plan object: smoke runs get the quick gen plan, with the demo's seed
     demo_like = type("P", (), {"max_steps": 4, "seed": 3, "bf16": False})()
     assert resolve_gen_plan(demo_like).max_steps == 4 and resolve_gen_plan(demo_like).seed == 3
+
+
+def test_ema_callback_averages_and_the_saved_head_is_the_average(tmp_path):
+    from types import SimpleNamespace
+
+    from train_stages.trainer import EMA_FILE, EMACallback
+
+    lin = torch.nn.Linear(2, 1)
+    lin.bias.requires_grad_(False)  # only trainable parameters are averaged
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+    ema = EMACallback(lin, decay=0.5)
+    for step, value in ((1, 3.0), (2, 5.0)):  # warm-up decay min(0.5, (1+s)/(10+s)) = 2/11, then 3/12
+        with torch.no_grad():
+            lin.weight.fill_(value)
+        ema.on_step_end(None, SimpleNamespace(global_step=step), None)
+    expected = (1.0 * 2 / 11 + 3.0 * 9 / 11) * 3 / 12 + 5.0 * 9 / 12
+    assert ema.names == ["weight"]
+    ema.save_to(str(tmp_path))
+    ema.on_train_end(None, None, None)
+    torch.testing.assert_close(lin.weight, torch.full((1, 2), expected))
+    other = torch.nn.Linear(2, 1)
+    other.bias.requires_grad_(False)
+    restored = EMACallback(other, decay=0.5, resume_from=str(tmp_path))
+    torch.testing.assert_close(restored.shadow[0], torch.full((1, 2), expected))
+    assert (tmp_path / EMA_FILE).exists()
+    with pytest.raises(ValueError, match="has no ema.safetensors"):
+        EMACallback(lin, decay=0.5, resume_from=str(tmp_path / "elsewhere"))
+    with pytest.raises(ValueError, match=r"decay must be in \(0, 1\)"):
+        EMACallback(lin, decay=1.0)
+
+
+def test_gen_stage_with_ema_saves_the_average_and_resumes_it(world, tmp_path):
+    plain = _cfg(world, tmp_path / "plain", max_steps=4)
+    run_stage(plain)
+    straight = _cfg(world, tmp_path / "straight", max_steps=4, ema_decay=0.9)
+    run_stage(straight)
+    key = "gen_head.dit.final_layer.linear.weight"
+    a, b = weights(plain.output_dir), weights(straight.output_dir)
+    assert not torch.equal(a[key], b[key])  # the saved head is the average, not the last step's weights
+    assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("gen_head."))
+    cfg = _cfg(world, tmp_path / "resumed", max_steps=4, save_steps=2, ema_decay=0.9)
+    run_stage(cfg)
+    import shutil
+
+    shutil.rmtree(os.path.join(cfg.output_dir, "checkpoint-4"))
+    resumed = TrainConfig.from_dict({**cfg.to_dict(), "resume": "auto", "data": [d.__dict__ for d in cfg.data],
+                                     "modules": {}, "lora": cfg.lora.__dict__})
+    run_stage(resumed)
+    c = weights(cfg.output_dir)
+    for k in b:
+        torch.testing.assert_close(b[k], c[k], rtol=0, atol=1e-6, msg=k)
+    with pytest.raises(ValueError, match="ema_decay is for the gen stage"):
+        run_stage(TrainConfig.from_dict(stage_dict("align", str(tmp_path / "a"), world["start"], world["train"],
+                                                   ema_decay=0.9)))

@@ -145,6 +145,7 @@ def test_dry_run_end_to_end(tmp_path, one_torch_thread):
     assert padded["real_tokens"] == packed["real_tokens"] > 0  # the same samples in both layouts
     assert 0 <= packed["pad_fraction"] < padded["pad_fraction"] < 1
     assert train["model_flops"] > 0 and train["optimizer"] == "AdamW" and train["attention"] == "sdpa"
+    assert train["packed_attention"] == "sdpa_packed"  # packed rows attend per sample, no dense mask
     # QLoRA (bitsandbytes' CPU backend here): LoRA + connector train, far fewer FLOPs per token than full
     assert 0 < qlora["trainable_m"] < train["params_b"] * 1e3 / 2
     assert qlora["padded"]["real_tokens"] == padded["real_tokens"]

@@ -4,6 +4,8 @@ knows passes through.
 A training YAML may name any ``TrainingArguments`` field (``optim: adamw_torch_fused``, ``tf32: true``,
 ``run_name``, ``eval_strategy``, ``dataloader_pin_memory``, ``torch_compile``, ``gradient_checkpointing_kwargs``
 ...) at its top level or under ``training_args:``; each is converted to the type transformers declares for it.
+``torch_compile`` (and ``torch_compile_backend`` / ``torch_compile_mode``) is the exception in effect: the
+runner compiles the model's transformer blocks itself (``mllm.compiling``) and the Trainer gets it off.
 A name neither we nor transformers know is an error that lists the close matches::
 
     split_training_args({"optim": "adamw_torch", "learnig_rate": 1e-4}, ours)
@@ -66,6 +68,18 @@ def split_training_args(data: Dict[str, Any], ours: Set[str], where: str = "<con
     return data
 
 
+COMPILE_FIELDS = ("torch_compile", "torch_compile_backend", "torch_compile_mode")
+
+
+def compile_options(cfg) -> Optional[Dict[str, Any]]:
+    """``torch_compile: true`` (or a ``torch_compile_backend`` / ``torch_compile_mode``, which imply it, as in
+    TrainingArguments) -> ``mllm.compiling.compile_blocks`` keyword arguments; None when off."""
+    ta = cfg.training_args
+    if not (ta.get("torch_compile") or ta.get("torch_compile_backend") or ta.get("torch_compile_mode")):
+        return None
+    return {"backend": ta.get("torch_compile_backend"), "mode": ta.get("torch_compile_mode")}
+
+
 def training_arguments(cfg, ds_path: Optional[str]):
     """The Trainer's arguments: ours first, then the pass-through fields (they win, except RESERVED)."""
     from transformers import TrainingArguments
@@ -101,7 +115,8 @@ def training_arguments(cfg, ds_path: Optional[str]):
         ddp_find_unused_parameters=False,
     )
     kwargs.update({k: v for k, v in cfg.training_args.items() if k not in RESERVED})
-    # the runner enables gradient checkpointing on the model itself (tower and LLM separately)
-    kwargs.pop("gradient_checkpointing", None)
-    kwargs.pop("gradient_checkpointing_kwargs", None)
+    # the runner enables gradient checkpointing on the model itself (tower and LLM separately), and applies
+    # torch_compile to the transformer blocks (compile_options): the Trainer would compile the whole model
+    for key in ("gradient_checkpointing", "gradient_checkpointing_kwargs") + COMPILE_FIELDS:
+        kwargs.pop(key, None)
     return TrainingArguments(**kwargs)

@@ -20,6 +20,8 @@ from typing import Dict, Optional
 import torch
 import torch.distributed as dist
 
+from mllm.attention import use_packed_attention
+from mllm.compiling import compile_blocks
 from mllm.config import apply_overrides
 from mllm.gen.head import GenHeadConfig
 from mllm.model import MultimodalLM
@@ -28,10 +30,10 @@ from mllm.presets import get_preset
 from .consolidate import consolidate_and_save
 from .data import build_training_data
 from .freeze import apply_policy, param_table, per_module_param_groups
-from .hf_args import training_arguments
+from .hf_args import compile_options, training_arguments
 from .specs import TrainConfig
-from .trainer import (DataPositionCallback, MetricsCallback, MLLMTrainer, gathered_state_dict, latest_checkpoint,
-                      remove_incomplete_checkpoints)
+from .trainer import (DataPositionCallback, EMACallback, MetricsCallback, MLLMTrainer, gathered_state_dict,
+                      latest_checkpoint, remove_incomplete_checkpoints)
 
 log = logging.getLogger("mllm.train")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -146,16 +148,25 @@ def run_stage(cfg: TrainConfig) -> Dict:
     if cfg.spec.objective == "gen" and world_size() > 1 and not ds_path:
         raise ValueError(f"stage {cfg.stage!r} on {world_size()} ranks needs DeepSpeed (deepspeed: zero2): the "
                          f"image head's loss is not the model's forward, which plain DDP needs for its reduction")
+    if cfg.ema_decay and cfg.spec.objective != "gen":
+        raise ValueError(f"ema_decay is for the gen stage's head; stage {cfg.stage!r} trains no head")
     if rank() == 0:
         cfg.save(os.path.join(cfg.output_dir, "train_config.json"))
 
     model = load_start_model(cfg)
+    if cfg.packing and cfg.spec.objective != "gen":
+        # packed rows: attention per sample (sdpa -> sdpa_packed; flash / flex read the restarts themselves)
+        log.info("packing: LLM attention %s", use_packed_attention(model.llm))
     groups = apply_policy(model, cfg)
     model.always_run_vision = cfg.always_run_vision if cfg.always_run_vision is not None \
         else needs_vision_every_step(model, world_size())
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(vision=cfg.module("vision").mode != "frozen",
                                             kwargs=cfg.training_args.get("gradient_checkpointing_kwargs"))
+    compile_opts = compile_options(cfg)
+    if compile_opts is not None:
+        log.info("torch_compile: %d transformer blocks compiled (%s)", compile_blocks(model, **compile_opts),
+                 compile_opts["backend"] or "inductor")
     log.info("stage %s: trainable / frozen parameters\n%s", cfg.stage, param_table(model))
     if rank() == 0:
         model.config.save(os.path.join(cfg.output_dir, "mllm_config.resolved.json"))
@@ -186,6 +197,8 @@ def run_stage(cfg: TrainConfig) -> Dict:
         log.info("resume=auto: %s", resume or "no complete checkpoint, starting fresh")
     elif cfg.resume:
         resume = cfg.resume
+    if cfg.ema_decay:
+        trainer.add_callback(EMACallback(model.gen_head, cfg.ema_decay, resume_from=resume))
     # the preflight check reads the first batches before any step: mis-masked or mis-tokenised data
     # is an error here, not a silent zero loss later
     data.preflight()

@@ -148,6 +148,9 @@ class TrainConfig:
     # {num_queries: 16, dit: tiny}); None = GenHeadConfig's defaults. A model that has a head keeps it (then a
     # gen_head given here must describe that same head).
     gen_head: Optional[Dict[str, Any]] = None
+    # gen stage: decay of an exponential moving average of the head's weights, which the saved model keeps
+    # (as DiT samples from its EMA); 0 = the last step's weights
+    ema_decay: float = 0.0
     # any other transformers.TrainingArguments field (optim, tf32, run_name, eval_strategy, dataloader_*,
     # torch_compile, gradient_checkpointing_kwargs, ...): given at the top level of the YAML or here
     training_args: Dict[str, Any] = field(default_factory=dict)

@@ -44,6 +44,7 @@ from data_pipelines.records import Record
 from data_pipelines.shapes.scene import Scene
 from data_pipelines.shapes.tasks import describe
 from data_pipelines.shapes.turns import dialog
+from mllm.attention import use_packed_attention
 from mllm.config import apply_overrides
 from mllm.model import MultimodalLM
 from mllm.presets import get_preset
@@ -160,6 +161,7 @@ def text_pretrain(cfg: TextPretrainConfig, progress: bool = True) -> dict:
     pack = PackingCollator(max_length=cfg.pack_length, pad_token_id=pad)
     collate = PaddingCollator(pad_token_id=pad)
     llm = model.llm
+    use_packed_attention(llm)  # packed rows: one attention call per sample (sdpa -> sdpa_packed)
     for p in model.parameters():
         p.requires_grad_(False)
     for p in llm.parameters():

@@ -21,6 +21,7 @@ from transformers import Trainer, TrainerCallback
 from mllm.checkpoint import load_state_dict_files, load_weights, save_state_dict, unique_state_dict
 
 COMPLETE_MARKER = "mllm_complete.json"
+EMA_FILE = "ema.safetensors"  # EMACallback's average, in each checkpoint
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -116,6 +117,9 @@ class MLLMTrainer(Trainer):
         _barrier()  # every rank has written its shard
         if self.args.should_save:
             path = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            for callback in self.callback_handler.callbacks:  # state kept beside the weights (EMACallback)
+                if hasattr(callback, "save_to"):
+                    callback.save_to(path)
             tmp = os.path.join(path, COMPLETE_MARKER + ".tmp")
             with open(tmp, "w") as f:
                 json.dump({"global_step": self.state.global_step, "time": time.time()}, f)
@@ -151,6 +155,50 @@ class MetricsCallback(TrainerCallback):
             rec = {"stage": self.stage, "step": state.global_step, "epoch": state.epoch, "time": now, **logs}
             with open(self.path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
+
+
+class EMACallback(TrainerCallback):
+    """An exponential moving average of ``module``'s trainable parameters (as DiT samples from), copied into
+    them when training ends, so the saved model holds the average. ``decay`` d per step, warmed up as
+    min(d, (1 + step) / (10 + step)) so the first steps do not keep the initialisation. The average lives
+    in float32 beside the parameters (under ZeRO-2 every rank holds full parameters, so nothing is
+    gathered); each checkpoint keeps it in ``EMA_FILE``, and ``resume_from`` (a checkpoint directory)
+    restores it, so a resumed run averages as an uninterrupted one does."""
+
+    def __init__(self, module: torch.nn.Module, decay: float, resume_from: Optional[str] = None):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        self.names, self.params = [n for n, _ in named], [p for _, p in named]
+        self.shadow = [p.detach().float().clone() for p in self.params]
+        if resume_from:
+            path = os.path.join(resume_from, EMA_FILE)
+            if not os.path.exists(path):
+                raise ValueError(f"resuming with ema_decay from {resume_from}, which has no {EMA_FILE} (it was "
+                                 f"written without an EMA); resume without ema_decay or start afresh")
+            from safetensors.torch import load_file
+
+            saved = load_file(path)
+            self.shadow = [saved[n].float().clone() for n in self.names]
+
+    def on_step_end(self, args, state, control, **kwargs):
+        step = state.global_step
+        d = min(self.decay, (1.0 + step) / (10.0 + step))
+        with torch.no_grad():
+            for s, p in zip(self.shadow, self.params):
+                s.mul_(d).add_(p.detach().float(), alpha=1.0 - d)
+
+    def save_to(self, checkpoint_dir: str) -> None:
+        """Called by ``MLLMTrainer`` while it writes a checkpoint, before marking it complete."""
+        from safetensors.torch import save_file
+
+        save_file({n: s.contiguous() for n, s in zip(self.names, self.shadow)}, os.path.join(checkpoint_dir, EMA_FILE))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        with torch.no_grad():
+            for s, p in zip(self.shadow, self.params):
+                p.copy_(s.to(p.dtype))
 
 
 class DataPositionCallback(TrainerCallback):

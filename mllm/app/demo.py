@@ -185,7 +185,7 @@ def run_demo(out: str, plan: Optional[DemoPlan] = None) -> Dict:
         rows.append(row)
         generation = {k: metrics[k] for k in ("everything_accuracy", "colour_shape_accuracy", "colour_accuracy",
                                               "shape_accuracy", "position_accuracy", "count_accuracy", "fd",
-                                              "fd_real_vs_real")
+                                              "fd_real_vs_real", "cli_example")
                       if k in metrics}
 
     figures = _figures(out, t_all, scores, blank)
@@ -272,6 +272,9 @@ def format_summary(summary: Dict) -> str:
         lines.append(f"generation (held-out prompts): everything the prompt says {gen.get('everything_accuracy', 0):.3f}, "
                      f"colour+shape {gen['colour_shape_accuracy']:.3f}, "
                      f"FD {gen['fd']:.3g} (real vs real {gen['fd_real_vs_real']:.3g})")
+        if gen.get("cli_example"):
+            lines.append(f"mllm generate --prompt {gen['cli_example']['prompt']!r}: checker says "
+                         f"{gen['cli_example']['verdict']}")
     chat = summary.get("chat")
     if chat:
         lines.append(f"chat: [{chat['image']}] {chat['question']} -> {chat['answer']!r} (truth: {chat['truth']})")

@@ -7,12 +7,14 @@ held-out prompts -> rule-based checker + Frechet distance in our tower's feature
     # demo_out/generation_metrics.json   everything_accuracy, colour_shape_accuracy, ..., fd, timings, plan
     # demo_out/generation_samples.png    the first held-out prompts' images, each with its prompt and verdict
     # demo_out/generation_loss.png       the gen stage's loss against steps
+    # metrics["cli_example"]             the checker's verdict on what `mllm generate` draws for EXAMPLE_PROMPT
 
     python -m mllm.app.demo_gen --out /tmp/gen_demo --init-from demo_out/instruct [--quick]   # on its own
 
 ``plan`` is a ``GenPlan``, or the demo's plan: one with a ``gen`` attribute (a GenPlan) is used as that;
-otherwise a smoke plan when its ``max_steps`` > 0 and the default plan if not, with its ``seed`` and
-``bf16``. The default plan was chosen by measurement on one torch thread (see ``GenPlan``).
+otherwise a smoke plan when its ``max_steps`` > 0 and the default plan if not, with its ``seed`` (not its
+``bf16``: the gen step's precision is its own, see ``GenPlan.bf16``). The default plan was chosen by
+measurement on one torch thread (see ``GenPlan``).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from data_pipelines.shapes.gen import make_gen_data, read_gen_json
+from data_pipelines.shapes.gen import make_gen_data, parse_prompt, read_gen_json
 from eval.gen.checker import check_image, verdict
 from eval.gen.fd import evaluate_generation
 from eval.gen.plots import save_loss_curve, save_sample_grid
@@ -36,6 +38,9 @@ from train_stages.specs import TrainConfig
 log = logging.getLogger("mllm.app.demo")
 
 METRICS_FILE = "generation_metrics.json"
+# what `mllm generate --model OUT/gen --prompt EXAMPLE_PROMPT` draws with its default settings (seed 0, 10 Euler
+# steps, guidance 1.5), checked like the held-out prompts
+EXAMPLE_PROMPT = "a red circle at the top"
 GRID_FILE = "generation_samples.png"
 LOSS_FILE = "generation_loss.png"
 
@@ -45,23 +50,31 @@ class GenPlan:
     n_train: int = 2000
     n_test: int = 200
     max_shapes: int = 2
-    # measured on one torch thread (see the gen-stage report): 3 epochs of 2000 at batch 8 = 750 steps, about
-    # 110 s; batch 16 x 375 steps costs the same and scores the same, with a worse FD; lr 4e-3 no better
-    epochs: float = 3.0
+    # measured on one torch thread (benchmarks/gen_conditioning.py, a random-init tiny LLM): with the head's SD3
+    # shift of 2, 6 epochs of 2000 at batch 8 = 1500 steps fit the step's 5-minute budget with room to spare
+    # (seed 0: everything the prompt says 0.81; seed 1 only 0.17 -- the outcome still depends on the seed).
+    # Batch 16 x half the steps costs the same and scores the same; lr 4e-3 is no better
+    epochs: float = 6.0
     batch_size: int = 8
     lr: float = 2e-3
     max_steps: int = -1  # > 0: cap the stage (smoke runs)
     warmup_ratio: float = 0.05
+    ema_decay: float = 0.0  # > 0: the saved head is the EMA of its weights (train_stages.trainer.EMACallback)
     log_every: int = 10  # steps between logged losses (metrics.jsonl, the loss plot)
-    # the head: MetaQuery tokens and the DiT (tiny preset; README "Measured results" has what it reaches)
-    gen_head: Dict[str, Any] = field(default_factory=lambda: {"num_queries": 16, "dit": {"preset": "tiny"}})
+    # the head: GenHeadConfig's defaults with the tiny DiT (README "Measured results" has what it reaches)
+    gen_head: Dict[str, Any] = field(default_factory=lambda: {"dit": {"preset": "tiny"}})
+    # sampling: 25 Euler steps score as 10; guidance 1 to 2.5 scores the same (3 and above worse), 1.5 the best FD
     sample_steps: int = 10
-    cfg_scale: float = 3.0
+    cfg_scale: float = 1.5
     n_eval: Optional[int] = None  # held-out prompts generated and scored (None: all of gen_test.json)
     sample_batch: int = 50
     grid_images: int = 32
     seed: int = 0
-    bf16: bool = True
+    # sampling precision. Training is float32 either way (the Trainer autocasts the model's forward, and the gen
+    # stage's loss is the head's own method); sampling under bf16 autocast scores the same as float32 but the
+    # tiny DiT's small matmuls run 1.6x slower in bf16 on one CPU thread. The demo's own bf16 setting is for
+    # its LLM stages and is not inherited
+    bf16: bool = False
 
 
 QUICK_GEN = GenPlan(n_train=32, n_test=8, epochs=1.0, batch_size=8, max_steps=4, sample_steps=2, n_eval=8,
@@ -77,7 +90,7 @@ def resolve_gen_plan(plan: Any = None) -> GenPlan:
     if isinstance(getattr(plan, "gen", None), GenPlan):
         return plan.gen
     base = QUICK_GEN if getattr(plan, "max_steps", -1) > 0 else GenPlan()
-    return dataclasses.replace(base, seed=getattr(plan, "seed", base.seed), bf16=getattr(plan, "bf16", base.bf16))
+    return dataclasses.replace(base, seed=getattr(plan, "seed", base.seed))
 
 
 def ensure_gen_data(data_dir: str, plan: GenPlan) -> Tuple[str, str]:
@@ -102,8 +115,8 @@ def gen_stage_config(out: str, init_from: str, train_json: str, plan: GenPlan):
         stage="gen", output_dir=os.path.join(out, "gen"), init_from=init_from,
         data=[{"path": train_json, "format": "gen"}], deepspeed="none", gen_head=dict(plan.gen_head),
         per_device_train_batch_size=plan.batch_size, learning_rate=plan.lr, num_train_epochs=plan.epochs,
-        max_steps=plan.max_steps, warmup_ratio=plan.warmup_ratio, logging_steps=plan.log_every, save_steps=0,
-        seed=plan.seed, bf16=plan.bf16), source="demo:gen")
+        max_steps=plan.max_steps, warmup_ratio=plan.warmup_ratio, ema_decay=plan.ema_decay,
+        logging_steps=plan.log_every, save_steps=0, seed=plan.seed, bf16=plan.bf16), source="demo:gen")
 
 
 def sample_prompts(model, prompts: List[str], plan: GenPlan):
@@ -149,6 +162,8 @@ def run_gen_step(out: str, data_dir: str, init_from: str, plan: Any = None) -> T
                      title=f"held-out prompts: everything the prompt says {metrics['everything_accuracy']:.2f}, "
                            f"colour+kind {metrics['colour_shape_accuracy']:.2f}")
     save_loss_curve(os.path.join(out, "gen", "metrics.jsonl"), os.path.join(out, LOSS_FILE))
+    example = model.generate_images([EXAMPLE_PROMPT], seed=0)[0]  # the CLI's defaults, float32 like the CLI
+    example_verdict = verdict(check_image(example, parse_prompt(EXAMPLE_PROMPT)))
     metrics.update({
         "seconds": {"data": round(t_data, 1), "train": round(t_train, 1), "sample": round(t_sample, 1),
                     "score": round(t_eval, 1), "total": round(seconds, 1), "cpu_total": round(cpu_seconds, 1),
@@ -158,6 +173,7 @@ def run_gen_step(out: str, data_dir: str, init_from: str, plan: Any = None) -> T
         "sampling": {"steps": plan.sample_steps, "cfg_scale": plan.cfg_scale, "seed": plan.seed},
         "model": os.path.join(out, "gen"), "gen_test": test_json, "grid": os.path.join(out, GRID_FILE),
         "loss_plot": os.path.join(out, LOSS_FILE), "grid_prompts": prompts[:n_grid], "grid_verdicts": verdicts,
+        "cli_example": {"prompt": EXAMPLE_PROMPT, "verdict": example_verdict},
         "plan": dataclasses.asdict(plan),
     })
     with open(os.path.join(out, METRICS_FILE), "w") as f:

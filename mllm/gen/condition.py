@@ -15,6 +15,9 @@ The condition options (``CONDITION_KEYS``; ``mllm.gen.head.GenHeadConfig`` docum
                   MLP: the prompt's words can be bound to each other here even when the LLM binds them poorly
   prediction      what the DiT outputs: "velocity" (rectified flow's v = noise - x0) or "x0" (the clean
                   latent; converted to a velocity for the sampler)
+  pooled          the vector added to the DiT's timestep embedding (its adaLN input, which modulates every
+                  patch alike): "mean" of the condition tokens, or "none" (zeros), which leaves the prompt
+                  to the per-patch cross-attention alone
 
 The exported model copies this file verbatim next to ``gen_head_mllm.py`` (it imports only torch), so the
 source model and its export compute the condition and the sampler by the same code.
@@ -31,10 +34,12 @@ from .flow import euler_sample, guidance, velocity_from_x0
 
 CONDITIONS = ("queries", "prompt", "prompt+queries")
 PREDICTIONS = ("velocity", "x0")
-CONDITION_KEYS = ("num_queries", "condition", "llm_layers", "refiner_layers", "prediction")
+POOLINGS = ("mean", "none")
+CONDITION_KEYS = ("num_queries", "condition", "llm_layers", "refiner_layers", "prediction", "pooled")
 MAX_COND_TOKENS = 256  # learned refiner positions; prompts are short descriptions
 # What a gen_head written before these options existed means: MetaQuery on the last layer, v-prediction.
-LEGACY_CONDITION = {"condition": "queries", "llm_layers": [-1], "refiner_layers": 0, "prediction": "velocity"}
+LEGACY_CONDITION = {"condition": "queries", "llm_layers": [-1], "refiner_layers": 0, "prediction": "velocity",
+                    "pooled": "mean"}
 
 
 def base_decoder(llm: nn.Module) -> nn.Module:
@@ -53,6 +58,7 @@ class PromptConditioning(nn.Module):
         self.num_queries = int(cfg["num_queries"]) if "queries" in self.condition else 0
         self.llm_layers = [int(i) for i in cfg["llm_layers"]]
         self.prediction = str(cfg["prediction"])
+        self.pooled = str(cfg["pooled"])
         h, d, k = llm_hidden_size, cond_dim, self.num_queries
         if k:
             self.queries = nn.Parameter(torch.randn(k, h) * 0.02)  # (K, H): LLM-embedding scale
@@ -112,6 +118,8 @@ class PromptConditioning(nn.Module):
         if self.refiner is not None:
             pos = position_ids[:, keep].clamp(max=MAX_COND_TOKENS - 1)  # (B, T)
             cond = self.refiner(cond + self.refiner_pos[pos], src_key_padding_mask=~cond_mask)
+        if self.pooled == "none":
+            return cond, cond_mask, cond.new_zeros(cond.shape[0], cond.shape[-1])
         weights = cond_mask.to(cond.dtype).unsqueeze(-1)  # (B, T, 1)
         pooled = (cond * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, D): mean over real tokens
         return cond, cond_mask, pooled
@@ -190,5 +198,7 @@ def check_condition(cfg: Dict[str, Any], where: str = "gen_head") -> None:
         problems.append(f"refiner_layers must be >= 0, got {cfg['refiner_layers']}")
     if cfg["prediction"] not in PREDICTIONS:
         problems.append(f"prediction {cfg['prediction']!r} is not one of {', '.join(PREDICTIONS)}")
+    if cfg["pooled"] not in POOLINGS:
+        problems.append(f"pooled {cfg['pooled']!r} is not one of {', '.join(POOLINGS)}")
     if problems:
         raise ValueError(f"{where}: " + "; ".join(problems))

@@ -179,7 +179,7 @@ class MllmForConditionalGeneration(MllmPreTrainedModel, GenerationMixin):
     # ---- image generation (models exported with a generation head) ------------------------------------------
     @torch.no_grad()
     def generate_images(self, prompt_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                        steps: int = 20, cfg_scale: float = 3.0,
+                        steps: int = 10, cfg_scale: float = 1.5,
                         generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """LEFT-padded prompt ids (B, L) -> images (B, 3, H, W) in [0, 1]; the starting noise comes from
         ``generator`` (the same seed gives the same images as the source mllm model)."""
