@@ -38,7 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -123,11 +123,14 @@ def check_same(ours, theirs, batch: Batch) -> str:
             f"grad norm ours {norms[0]:.6f} / theirs {norms[1]:.6f}")
 
 
-def trainer(model, batches: List[Batch]) -> Callable[[], float]:
-    """A function that trains one step on each batch and returns the seconds it took."""
+def trainer(model, batches: List[Batch], attn: Optional[str] = None) -> Callable[[], float]:
+    """A function that trains one step on each batch (with the LLM's attention set to ``attn`` when given)
+    and returns the seconds it took."""
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
 
     def run() -> float:
+        if attn is not None and model.llm.config._attn_implementation != attn:
+            model.llm.set_attn_implementation(attn)
         t0 = time.perf_counter()
         for batch in batches:
             opt.zero_grad(set_to_none=True)

@@ -46,8 +46,7 @@ import random
 import statistics
 import sys
 import tempfile
-import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -55,7 +54,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from benchmarks.train_step import LR, build_models, check_same, note  # noqa: E402
+from benchmarks.train_step import build_models, check_same, note, trainer  # noqa: E402
 
 THEIRS = "transformers, padded"
 PADDED = "ours, padded"
@@ -123,23 +122,6 @@ def synthetic_samples(model, n: int, seed: int, max_length: int) -> List[Dict[st
         samples.append({"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "length": len(ids),
                         "pixel_values": pixel_values, "image_sizes": sizes})
     return samples
-
-
-def trainer(model, batches: List[Dict[str, Any]], attn: Optional[str] = None) -> Callable[[], float]:
-    """A function that trains one step on each batch (with the LLM's attention set to ``attn``) -> seconds."""
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
-
-    def run() -> float:
-        if attn is not None and model.llm.config._attn_implementation != attn:
-            model.llm.set_attn_implementation(attn)
-        t0 = time.perf_counter()
-        for batch in batches:
-            opt.zero_grad(set_to_none=True)
-            model(**batch).loss.backward()
-            opt.step()
-        return time.perf_counter() - t0
-
-    return run
 
 
 def cells(batches) -> int:
